@@ -1,0 +1,1 @@
+//! AMQP: connection, topology, confirmed publisher.

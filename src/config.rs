@@ -1,0 +1,572 @@
+//! Typed settings, loaded in layers and validated once at start-up.
+//!
+//! Layers, later wins: the bundled `config/default.toml` (compiled in, so the
+//! binary runs from any directory), an optional `--config FILE`, `CSW__SECTION__KEY`
+//! environment variables, and the short aliases of CONTRACT section 7
+//! (`AMQP_URL`, `CXONE_BASE_URL`, ...). Anything wrong stops start-up with one
+//! [`ConfigError`] line that names the key and says what is expected.
+
+use std::{collections::HashMap, fmt, net::SocketAddr, path::Path, time::Duration};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::domain::ValidationMode;
+
+/// The defaults, compiled in. `config/default.toml` is the documentation too.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Short environment aliases and the key each one sets.
+pub const ENV_ALIASES: &[(&str, &str)] = &[
+    ("AMQP_URL", "amqp.url"),
+    ("CXONE_BASE_URL", "cxone.base_url"),
+    ("CXONE_AUTH_URL", "cxone.auth_url"),
+    ("CXONE_CLIENT_ID", "cxone.client_id"),
+    ("CXONE_CLIENT_SECRET", "cxone.client_secret"),
+    ("CXONE_WEBHOOK_SECRET", "cxone.webhook_secret"),
+];
+
+/// A setting that is missing or malformed. Displayed as one line naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {path}: {message}")]
+    File { path: String, message: String },
+    #[error("configuration key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+    #[error("configuration: {0}")]
+    Load(String),
+}
+
+impl ConfigError {
+    fn invalid(key: &str, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub amqp: AmqpSettings,
+    pub batch: BatchSettings,
+    pub imports: ImportSettings,
+    pub retry: RetrySettings,
+    pub limits: Limits,
+    pub cxone: CxoneSettings,
+    pub http: HttpSettings,
+    pub shutdown: ShutdownSettings,
+    pub worker: WorkerSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    Quorum,
+    Classic,
+}
+
+impl QueueType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Quorum => "quorum",
+            QueueType::Classic => "classic",
+        }
+    }
+}
+
+#[derive(Clone, Deserialize)]
+pub struct AmqpSettings {
+    /// May hold a password: never print it, use [`redact_url`].
+    pub url: String,
+    pub inbound_exchange: String,
+    pub inbound_queue: String,
+    pub queue_type: QueueType,
+    pub delivery_limit: u32,
+    pub dead_letter_exchange: String,
+    pub dead_letter_queue: String,
+    pub events_exchange: String,
+    pub unrouted_events_queue: String,
+    pub unrouted_max_length: u32,
+    pub prefetch: u16,
+    pub partitions: u16,
+    pub reconnect_initial_ms: u64,
+    pub reconnect_max_ms: u64,
+}
+
+impl fmt::Debug for AmqpSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpSettings")
+            .field("url", &redact_url(&self.url))
+            .field("inbound_exchange", &self.inbound_exchange)
+            .field("inbound_queue", &self.inbound_queue)
+            .field("queue_type", &self.queue_type)
+            .field("delivery_limit", &self.delivery_limit)
+            .field("dead_letter_exchange", &self.dead_letter_exchange)
+            .field("dead_letter_queue", &self.dead_letter_queue)
+            .field("events_exchange", &self.events_exchange)
+            .field("unrouted_events_queue", &self.unrouted_events_queue)
+            .field("unrouted_max_length", &self.unrouted_max_length)
+            .field("prefetch", &self.prefetch)
+            .field("partitions", &self.partitions)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BatchSettings {
+    pub max_entries: usize,
+    pub max_wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ImportSettings {
+    pub max_concurrent: usize,
+    pub poll_initial_ms: u64,
+    pub poll_max_ms: u64,
+    pub job_timeout_s: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RetrySettings {
+    pub base_ms: u64,
+    pub cap_ms: u64,
+    pub max_elapsed_s: u64,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        RetrySettings {
+            base_ms: 200,
+            cap_ms: 30_000,
+            max_elapsed_s: 600,
+        }
+    }
+}
+
+/// Validation limits of CONTRACT section 3.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    pub max_entries_per_change: usize,
+    pub max_shift_minutes: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 1024 * 1024,
+            max_entries_per_change: 1000,
+            max_shift_minutes: 1440,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantType {
+    ClientCredentials,
+    Password,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CxoneSettings {
+    pub base_url: String,
+    pub auth_url: String,
+    pub grant_type: GrantType,
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub access_key_id: String,
+    pub access_key_secret: SecretString,
+    pub scope: String,
+    pub default_validation_mode: ValidationMode,
+    pub webhook_secret: SecretString,
+    pub request_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    pub token_refresh_margin_s: u64,
+}
+
+impl CxoneSettings {
+    /// The webhook secret, if one is configured (an empty string means none).
+    pub fn webhook_secret(&self) -> Option<&str> {
+        let s = self.webhook_secret.expose_secret();
+        (!s.is_empty()).then_some(s)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpSettings {
+    pub listen: SocketAddr,
+    pub webhook_max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ShutdownSettings {
+    pub timeout_s: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WorkerSettings {
+    pub instance_id: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TelemetrySettings {
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub service_name: String,
+}
+
+impl Settings {
+    /// Loads the layers from the real process environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        Settings::load_from(file, &env)
+    }
+
+    /// Loads the layers with an explicit environment (tests pass their own).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: &HashMap<String, String>,
+    ) -> Result<Settings, ConfigError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::File {
+                    path: path.display().to_string(),
+                    message: "not found or not a file; pass an existing TOML file to --config"
+                        .into(),
+                });
+            }
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        // `CSW__SECTION__KEY`: keys are lower-cased by the config crate.
+        let csw: HashMap<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("CSW__"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("CSW")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(csw)),
+        );
+        for (alias, key) in ENV_ALIASES {
+            if let Some(value) = env.get(*alias) {
+                builder = builder
+                    .set_override(*key, value.clone())
+                    .map_err(|e| ConfigError::Load(e.to_string()))?;
+            }
+        }
+        let raw = builder.build().map_err(|e| describe(e, file))?;
+        let settings: Settings = raw.try_deserialize().map_err(|e| describe(e, file))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Defaults only, for tests and the demo.
+    pub fn defaults() -> Settings {
+        Settings::load_from(None, &HashMap::new()).expect("bundled defaults are valid")
+    }
+
+    /// Checks what types alone cannot say.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let a = &self.amqp;
+        if !(a.url.starts_with("amqp://") || a.url.starts_with("amqps://")) {
+            return Err(ConfigError::invalid(
+                "amqp.url",
+                "expected an amqp:// or amqps:// URL (env AMQP_URL or CSW__AMQP__URL)",
+            ));
+        }
+        for (key, v) in [
+            ("amqp.inbound_exchange", &a.inbound_exchange),
+            ("amqp.inbound_queue", &a.inbound_queue),
+            ("amqp.dead_letter_exchange", &a.dead_letter_exchange),
+            ("amqp.dead_letter_queue", &a.dead_letter_queue),
+            ("amqp.events_exchange", &a.events_exchange),
+            ("amqp.unrouted_events_queue", &a.unrouted_events_queue),
+        ] {
+            if v.is_empty() || v.len() > 255 {
+                return Err(ConfigError::invalid(
+                    key,
+                    "expected a name of 1 to 255 bytes",
+                ));
+            }
+        }
+        positive("amqp.partitions", a.partitions as u64)?;
+        positive("amqp.reconnect_initial_ms", a.reconnect_initial_ms)?;
+        if a.reconnect_max_ms < a.reconnect_initial_ms {
+            return Err(ConfigError::invalid(
+                "amqp.reconnect_max_ms",
+                "expected at least amqp.reconnect_initial_ms",
+            ));
+        }
+        positive("batch.max_entries", self.batch.max_entries as u64)?;
+        positive("batch.max_wait_ms", self.batch.max_wait_ms)?;
+        positive("imports.max_concurrent", self.imports.max_concurrent as u64)?;
+        positive("imports.poll_initial_ms", self.imports.poll_initial_ms)?;
+        if self.imports.poll_max_ms < self.imports.poll_initial_ms {
+            return Err(ConfigError::invalid(
+                "imports.poll_max_ms",
+                "expected at least imports.poll_initial_ms",
+            ));
+        }
+        positive("imports.job_timeout_s", self.imports.job_timeout_s)?;
+        positive("retry.base_ms", self.retry.base_ms)?;
+        if self.retry.cap_ms < self.retry.base_ms {
+            return Err(ConfigError::invalid(
+                "retry.cap_ms",
+                "expected at least retry.base_ms",
+            ));
+        }
+        positive(
+            "limits.max_message_bytes",
+            self.limits.max_message_bytes as u64,
+        )?;
+        positive(
+            "limits.max_entries_per_change",
+            self.limits.max_entries_per_change as u64,
+        )?;
+        positive(
+            "limits.max_shift_minutes",
+            self.limits.max_shift_minutes.max(0) as u64,
+        )?;
+        let c = &self.cxone;
+        for (key, v) in [
+            ("cxone.base_url", &c.base_url),
+            ("cxone.auth_url", &c.auth_url),
+        ] {
+            if !(v.starts_with("http://") || v.starts_with("https://"))
+                || reqwest::Url::parse(v).is_err()
+            {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("expected an http:// or https:// URL, got {v:?}"),
+                ));
+            }
+        }
+        if c.client_id.is_empty() {
+            return Err(ConfigError::invalid(
+                "cxone.client_id",
+                "missing; set CXONE_CLIENT_ID or CSW__CXONE__CLIENT_ID",
+            ));
+        }
+        if c.client_secret.expose_secret().is_empty() {
+            return Err(ConfigError::invalid(
+                "cxone.client_secret",
+                "missing; set CXONE_CLIENT_SECRET or CSW__CXONE__CLIENT_SECRET",
+            ));
+        }
+        if c.grant_type == GrantType::Password
+            && (c.access_key_id.is_empty() || c.access_key_secret.expose_secret().is_empty())
+        {
+            return Err(ConfigError::invalid(
+                "cxone.access_key_id",
+                "grant_type = \"password\" needs cxone.access_key_id and cxone.access_key_secret",
+            ));
+        }
+        positive("cxone.request_timeout_ms", c.request_timeout_ms)?;
+        positive("cxone.connect_timeout_ms", c.connect_timeout_ms)?;
+        positive(
+            "http.webhook_max_body_bytes",
+            self.http.webhook_max_body_bytes as u64,
+        )?;
+        if tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_level).is_err() {
+            return Err(ConfigError::invalid(
+                "telemetry.log_level",
+                "expected a tracing filter such as \"info\" or \"cxone_schedule_worker=debug\"",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The prefetch to apply: configured, or derived so that every import slot
+    /// can be fed a full batch while the next one fills.
+    pub fn effective_prefetch(&self) -> u16 {
+        if self.amqp.prefetch > 0 {
+            return self.amqp.prefetch;
+        }
+        let derived = self.batch.max_entries * (self.imports.max_concurrent + 1);
+        derived.clamp(1, 10_000) as u16
+    }
+
+    /// `worker.instance_id`, or host name and process id.
+    pub fn instance_id(&self) -> String {
+        if !self.worker.instance_id.is_empty() {
+            return self.worker.instance_id.clone();
+        }
+        format!(
+            "{}-{}",
+            gethostname::gethostname().to_string_lossy(),
+            std::process::id()
+        )
+    }
+
+    pub fn batch_max_wait(&self) -> Duration {
+        Duration::from_millis(self.batch.max_wait_ms)
+    }
+}
+
+fn positive(key: &str, v: u64) -> Result<(), ConfigError> {
+    if v == 0 {
+        return Err(ConfigError::invalid(key, "expected a positive number"));
+    }
+    Ok(())
+}
+
+/// Turns the config crate's messages into one line naming the key.
+fn describe(e: config::ConfigError, file: Option<&Path>) -> ConfigError {
+    match e {
+        config::ConfigError::Type {
+            key: Some(key),
+            unexpected,
+            expected,
+            ..
+        } => ConfigError::invalid(&key, format!("expected {expected}, got {unexpected}")),
+        config::ConfigError::NotFound(key) => ConfigError::invalid(&key, "missing"),
+        config::ConfigError::FileParse { cause, .. } => ConfigError::File {
+            path: file.map(|p| p.display().to_string()).unwrap_or_default(),
+            message: format!("not valid TOML: {cause}"),
+        },
+        other => {
+            // serde messages look like "unknown variant `x`, expected ... for key `a.b`"
+            let text = other.to_string();
+            match text.rsplit_once(" for key `") {
+                Some((msg, key)) => ConfigError::invalid(key.trim_end_matches('`'), msg),
+                None => ConfigError::Load(text),
+            }
+        }
+    }
+}
+
+/// `amqp://user:pass@host/vhost` → `amqp://user:***@host/vhost`.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<unparseable url>".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load_and_match_contract() {
+        let s = Settings::defaults();
+        assert_eq!(s.amqp.inbound_exchange, "wfm.schedule.changes");
+        assert_eq!(s.amqp.queue_type, QueueType::Quorum);
+        assert_eq!(s.amqp.delivery_limit, 10);
+        assert_eq!(s.batch.max_entries, 500);
+        assert_eq!(s.batch.max_wait_ms, 1000);
+        assert_eq!(s.imports.max_concurrent, 3);
+        assert_eq!(s.retry.max_elapsed_s, 600);
+        assert_eq!(s.limits.max_message_bytes, 1 << 20);
+        assert_eq!(s.cxone.default_validation_mode, ValidationMode::Strict);
+        assert_eq!(s.http.listen.port(), 8080);
+        assert_eq!(s.effective_prefetch(), 2000);
+        assert!(s.cxone.webhook_secret().is_none());
+    }
+
+    #[test]
+    fn env_overrides_and_aliases_apply_in_order() {
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                ("CSW__BATCH__MAX_ENTRIES", "200"),
+                ("CSW__AMQP__URL", "amqp://a/%2f"),
+                ("AMQP_URL", "amqp://b/%2f"),
+                ("CXONE_CLIENT_SECRET", "s3cr3t"),
+                ("CSW__AMQP__QUEUE_TYPE", "classic"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.batch.max_entries, 200);
+        assert_eq!(s.amqp.url, "amqp://b/%2f", "alias wins over CSW__");
+        assert_eq!(s.cxone.client_secret.expose_secret(), "s3cr3t");
+        assert_eq!(s.amqp.queue_type, QueueType::Classic);
+    }
+
+    #[test]
+    fn file_layer_sits_between_defaults_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[batch]\nmax_entries = 7\nmax_wait_ms = 5\n").unwrap();
+        let s =
+            Settings::load_from(Some(&path), &env(&[("CSW__BATCH__MAX_WAIT_MS", "9")])).unwrap();
+        assert_eq!(s.batch.max_entries, 7);
+        assert_eq!(s.batch.max_wait_ms, 9);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases = [
+            ("CSW__BATCH__MAX_ENTRIES", "lots", "batch.max_entries"),
+            ("CSW__BATCH__MAX_ENTRIES", "0", "batch.max_entries"),
+            ("CSW__AMQP__QUEUE_TYPE", "stream", "queue_type"),
+            ("AMQP_URL", "http://x", "amqp.url"),
+            ("CXONE_BASE_URL", "nope", "cxone.base_url"),
+            ("CXONE_CLIENT_SECRET", "", "cxone.client_secret"),
+            ("CSW__HTTP__LISTEN", "everywhere", "http.listen"),
+            (
+                "CSW__CXONE__DEFAULT_VALIDATION_MODE",
+                "SLOPPY",
+                "default_validation_mode",
+            ),
+        ];
+        for (k, v, key) in cases {
+            let err = Settings::load_from(None, &env(&[(k, v)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{k}={v}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+    }
+
+    #[test]
+    fn missing_config_file_is_clear() {
+        let err = Settings::load_from(Some(Path::new("/nonexistent.toml")), &HashMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent.toml"), "{err}");
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug() {
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                ("CXONE_CLIENT_SECRET", "hunter2-client"),
+                ("CXONE_WEBHOOK_SECRET", "hunter2-hook"),
+                ("AMQP_URL", "amqp://u:hunter2-amqp@h/%2f"),
+            ]),
+        )
+        .unwrap();
+        let dbg = format!("{s:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+    }
+}

@@ -1,0 +1,1 @@
+//! The pipeline: batcher, import scheduler, job tracker, settlement.
