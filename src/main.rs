@@ -76,7 +76,10 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         let _telemetry = telemetry::init(&settings.telemetry).context("starting telemetry")?;
         match cli.command {
-            Command::Run => app::run(settings).await.map(|()| ExitCode::SUCCESS),
+            Command::Run => app::run(settings)
+                .await
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(anyhow::Error::from),
             Command::Sim(cfg) => sim::run_standalone(cfg).await.map(|()| ExitCode::SUCCESS),
             Command::Publish(args) => cmd::publish::run(args, &settings)
                 .await

@@ -1,0 +1,379 @@
+//! The per-calendar batcher and import scheduler (CONTRACT section 4).
+//!
+//! One task owns every batch, so batching takes no locks. Per calendar there
+//! is at most one open batch (still taking changes), a queue of closed
+//! batches (in delivery order), and at most one import in flight; overall at
+//! most `imports.max_concurrent` imports are in flight.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::{sync::mpsc, time::Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::InboundMessage;
+use crate::domain::{ConflictResolution, ValidChange, ValidationMode};
+
+/// A valid change and its delivery.
+pub struct Accepted {
+    pub change: ValidChange,
+    pub msg: InboundMessage,
+    pub validation: Duration,
+}
+
+/// What the coordinator hears.
+pub enum Input {
+    Change(Box<Accepted>),
+    /// An import ended and its batch is settled: the calendar is free again.
+    Finished {
+        calendar_id: String,
+        change_ids: Vec<String>,
+    },
+}
+
+/// State a batch shares with the coordinator after it leaves it: deliveries
+/// of a repeated `changeId` attach here and settle with the batch's outcome.
+#[derive(Default)]
+pub struct BatchShared {
+    duplicates: Mutex<Option<Vec<InboundMessage>>>,
+}
+
+impl BatchShared {
+    fn new() -> Arc<BatchShared> {
+        Arc::new(BatchShared {
+            duplicates: Mutex::new(Some(Vec::new())),
+        })
+    }
+
+    /// Attaches a repeated delivery; gives it back if the batch already settled.
+    fn attach(&self, msg: InboundMessage) -> Option<InboundMessage> {
+        match self.duplicates.lock().expect("batch lock").as_mut() {
+            Some(list) => {
+                list.push(msg);
+                None
+            }
+            None => Some(msg),
+        }
+    }
+
+    /// Takes the repeated deliveries for settlement; later repeats are new changes.
+    pub fn take_duplicates(&self) -> Vec<InboundMessage> {
+        self.duplicates
+            .lock()
+            .expect("batch lock")
+            .take()
+            .unwrap_or_default()
+    }
+}
+
+/// Changes for one import: same calendar, mode and conflict resolution, no
+/// two overlapping entries for one agent.
+pub struct Batch {
+    pub calendar_id: String,
+    pub validation_mode: ValidationMode,
+    pub conflict_resolution: ConflictResolution,
+    pub changes: Vec<Accepted>,
+    pub entry_count: usize,
+    pub shared: Arc<BatchShared>,
+    seq: u64,
+    /// agent → start → end, disjoint by construction.
+    intervals: HashMap<String, BTreeMap<i64, i64>>,
+}
+
+impl Batch {
+    fn new(seq: u64, first: &ValidChange) -> Batch {
+        Batch {
+            calendar_id: first.calendar_id.clone(),
+            validation_mode: first.validation_mode,
+            conflict_resolution: first.conflict_resolution,
+            changes: Vec::new(),
+            entry_count: 0,
+            shared: BatchShared::new(),
+            seq,
+            intervals: HashMap::new(),
+        }
+    }
+
+    fn accepts(&self, change: &ValidChange, max_entries: usize) -> bool {
+        change.validation_mode == self.validation_mode
+            && change.conflict_resolution == self.conflict_resolution
+            && self.entry_count + change.entries.len() <= max_entries
+            && !self.overlaps(change)
+    }
+
+    fn overlaps(&self, change: &ValidChange) -> bool {
+        change.spans.iter().any(|s| {
+            self.intervals.get(&s.agent_id).is_some_and(|map| {
+                // The last interval starting before s ends is the only candidate.
+                map.range(..s.end_ms)
+                    .next_back()
+                    .is_some_and(|(_, &end)| end > s.start_ms)
+            })
+        })
+    }
+
+    fn push(&mut self, accepted: Accepted) {
+        for s in &accepted.change.spans {
+            self.intervals
+                .entry(s.agent_id.clone())
+                .or_default()
+                .insert(s.start_ms, s.end_ms);
+        }
+        self.entry_count += accepted.change.entries.len();
+        self.changes.push(accepted);
+    }
+
+    /// Change ids in batch order.
+    pub fn change_ids(&self) -> Vec<String> {
+        self.changes
+            .iter()
+            .map(|a| a.change.change_id.clone())
+            .collect()
+    }
+}
+
+#[derive(Default)]
+struct Calendar {
+    open: Option<Batch>,
+    closed: VecDeque<Batch>,
+    in_flight: bool,
+}
+
+impl Calendar {
+    fn idle(&self) -> bool {
+        self.open.is_none() && self.closed.is_empty() && !self.in_flight
+    }
+}
+
+pub struct Limits {
+    pub max_entries: usize,
+    pub max_wait: Duration,
+    pub max_concurrent: usize,
+}
+
+pub struct Coordinator<D> {
+    limits: Limits,
+    dispatch: D,
+    calendars: HashMap<String, Calendar>,
+    /// Calendars with a closed batch and nothing in flight, oldest first.
+    ready: VecDeque<String>,
+    ready_set: HashSet<String>,
+    /// (deadline, calendar, batch seq) in opening order, hence deadline order.
+    ages: VecDeque<(Instant, String, u64)>,
+    /// changeId → the batch holding it, while open, queued or in flight.
+    owners: HashMap<String, Arc<BatchShared>>,
+    in_flight: usize,
+    next_seq: u64,
+    draining: bool,
+}
+
+impl<D: FnMut(Batch)> Coordinator<D> {
+    /// `dispatch` starts an import of the batch; whoever runs it sends
+    /// [`Input::Finished`] when the batch is settled.
+    pub fn new(limits: Limits, dispatch: D) -> Self {
+        Coordinator {
+            limits,
+            dispatch,
+            calendars: HashMap::new(),
+            ready: VecDeque::new(),
+            ready_set: HashSet::new(),
+            ages: VecDeque::new(),
+            owners: HashMap::new(),
+            in_flight: 0,
+            next_seq: 0,
+            draining: false,
+        }
+    }
+
+    /// Runs until `drain` is cancelled and every batch has been imported and settled.
+    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Input>, drain: CancellationToken) {
+        loop {
+            if self.draining && self.is_empty() && rx.is_empty() {
+                return;
+            }
+            let next_age = self.ages.front().map(|(at, _, _)| *at);
+            tokio::select! {
+                biased;
+                input = rx.recv() => match input {
+                    Some(input) => self.handle(input),
+                    None => return,
+                },
+                _ = drain.cancelled(), if !self.draining => {
+                    self.draining = true;
+                    self.close_all();
+                }
+                _ = sleep_until_opt(next_age) => self.close_aged(Instant::now()),
+            }
+            if self.draining {
+                self.close_all();
+            }
+            self.dispatch_ready();
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.in_flight == 0 && self.calendars.values().all(Calendar::idle)
+    }
+
+    pub fn handle(&mut self, input: Input) {
+        match input {
+            Input::Change(accepted) => self.add(*accepted),
+            Input::Finished {
+                calendar_id,
+                change_ids,
+            } => {
+                for id in change_ids {
+                    self.owners.remove(&id);
+                }
+                self.in_flight -= 1;
+                if let Some(cal) = self.calendars.get_mut(&calendar_id) {
+                    cal.in_flight = false;
+                    if !cal.closed.is_empty() {
+                        self.mark_ready(&calendar_id);
+                    } else if cal.idle() {
+                        self.calendars.remove(&calendar_id);
+                    }
+                }
+            }
+        }
+    }
+
+    fn add(&mut self, accepted: Accepted) {
+        metrics::counter!("csw_changes_accepted_total").increment(1);
+        // A repeated changeId rides along with the first one's batch.
+        let accepted = match self.owners.get(&accepted.change.change_id) {
+            Some(owner) => {
+                let Accepted {
+                    change,
+                    msg,
+                    validation,
+                } = accepted;
+                match owner.attach(msg) {
+                    None => {
+                        metrics::counter!("csw_changes_duplicate_total").increment(1);
+                        tracing::debug!(change_id = %change.change_id, "repeated changeId attached to its first delivery's batch");
+                        return;
+                    }
+                    Some(msg) => Accepted {
+                        change,
+                        msg,
+                        validation,
+                    },
+                }
+            }
+            None => accepted,
+        };
+        let calendar_id = accepted.change.calendar_id.clone();
+        let max = self.limits.max_entries;
+        let cal = self.calendars.entry(calendar_id.clone()).or_default();
+        let mut closed_one = false;
+        if let Some(open) = cal.open.as_ref()
+            && !open.accepts(&accepted.change, max)
+        {
+            // Overlap, another mode, or full: close it so order holds.
+            cal.closed.push_back(cal.open.take().expect("checked"));
+            closed_one = true;
+        }
+        if cal.open.is_none() {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            cal.open = Some(Batch::new(seq, &accepted.change));
+            self.ages.push_back((
+                Instant::now() + self.limits.max_wait,
+                calendar_id.clone(),
+                seq,
+            ));
+        }
+        let open = cal.open.as_mut().expect("just ensured");
+        self.owners
+            .insert(accepted.change.change_id.clone(), open.shared.clone());
+        open.push(accepted);
+        if open.entry_count >= max {
+            cal.closed.push_back(cal.open.take().expect("present"));
+            closed_one = true;
+        }
+        if closed_one && !cal.in_flight {
+            self.mark_ready(&calendar_id);
+        }
+    }
+
+    fn close_aged(&mut self, now: Instant) {
+        while let Some((at, _, _)) = self.ages.front() {
+            if *at > now {
+                break;
+            }
+            let (_, calendar_id, seq) = self.ages.pop_front().expect("peeked");
+            self.close_open(&calendar_id, Some(seq));
+        }
+    }
+
+    fn close_all(&mut self) {
+        let ids: Vec<String> = self
+            .calendars
+            .iter()
+            .filter(|(_, c)| c.open.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in ids {
+            self.close_open(&id, None);
+        }
+        self.ages.clear();
+    }
+
+    /// Closes the calendar's open batch (only if it is batch `seq`, when given).
+    fn close_open(&mut self, calendar_id: &str, seq: Option<u64>) {
+        let Some(cal) = self.calendars.get_mut(calendar_id) else {
+            return;
+        };
+        if cal
+            .open
+            .as_ref()
+            .is_some_and(|b| seq.is_none_or(|s| s == b.seq))
+        {
+            cal.closed.push_back(cal.open.take().expect("checked"));
+            if !cal.in_flight {
+                self.mark_ready(calendar_id);
+            }
+        }
+    }
+
+    fn mark_ready(&mut self, calendar_id: &str) {
+        if self.ready_set.insert(calendar_id.to_owned()) {
+            self.ready.push_back(calendar_id.to_owned());
+        }
+    }
+
+    fn dispatch_ready(&mut self) {
+        while self.in_flight < self.limits.max_concurrent {
+            let Some(calendar_id) = self.ready.pop_front() else {
+                break;
+            };
+            self.ready_set.remove(&calendar_id);
+            let Some(cal) = self.calendars.get_mut(&calendar_id) else {
+                continue;
+            };
+            if cal.in_flight {
+                continue;
+            }
+            let Some(batch) = cal.closed.pop_front() else {
+                continue;
+            };
+            cal.in_flight = true;
+            self.in_flight += 1;
+            metrics::gauge!("csw_imports_in_flight").set(self.in_flight as f64);
+            metrics::histogram!("csw_batch_entries").record(batch.entry_count as f64);
+            (self.dispatch)(batch);
+        }
+        metrics::gauge!("csw_imports_in_flight").set(self.in_flight as f64);
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

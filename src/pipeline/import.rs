@@ -1,0 +1,298 @@
+//! One import: submit the batch, follow its job, settle its deliveries.
+
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::{sync::mpsc, time::Instant};
+use tracing::Instrument;
+
+use super::{
+    InboundMessage,
+    coordinator::{Batch, Input},
+    events::{self, ErrorInfo, Timings},
+    jobs::{JobEnd, JobRegistry, PollPolicy, follow},
+    settle::Outbound,
+};
+use crate::{
+    cxone::{CxoneClient, JobStatus},
+    domain::ImportPayload,
+};
+
+/// Everything an import needs, shared by all of them.
+pub struct ImportContext {
+    pub client: CxoneClient,
+    pub jobs: JobRegistry,
+    pub outbound: Outbound,
+    pub poll: PollPolicy,
+    /// CloudEvents `source`: `/cxone-schedule-worker/{instance}`.
+    pub source: String,
+    pub coordinator: mpsc::UnboundedSender<Input>,
+}
+
+/// The batch id: a deterministic hash of the calendar id and the sorted change
+/// ids, so a redelivered batch gets the same `Idempotency-Key`.
+pub fn batch_id(calendar_id: &str, change_ids: &[String]) -> String {
+    let mut sorted: Vec<&str> = change_ids.iter().map(String::as_str).collect();
+    sorted.sort_unstable();
+    let mut h = Sha256::new();
+    h.update(calendar_id.as_bytes());
+    for id in sorted {
+        h.update([0u8]);
+        h.update(id.as_bytes());
+    }
+    format!("batch-{}", &hex::encode(h.finalize())[..32])
+}
+
+enum Outcome {
+    Completed {
+        job_id: String,
+    },
+    Failed {
+        job_id: Option<String>,
+        error: ErrorInfo,
+    },
+}
+
+/// Runs one batch to settlement, then frees its calendar in the coordinator.
+pub async fn run(ctx: &ImportContext, mut batch: Batch) {
+    let change_ids = batch.change_ids();
+    let calendar_id = batch.calendar_id.clone();
+    let span = tracing::info_span!(
+        "import",
+        calendar_id,
+        batch_id = tracing::field::Empty,
+        job_id = tracing::field::Empty,
+        changes = change_ids.len(),
+        entries = batch.entry_count
+    );
+    tokio::select! {
+        _ = import(ctx, &mut batch, &change_ids).instrument(span) => {}
+        _ = ctx.outbound.hard_stop.cancelled() => {
+            tracing::warn!(calendar_id, "shutdown grace period over: import abandoned unacked; the broker will redeliver its changes");
+        }
+    }
+    let _ = ctx.coordinator.send(Input::Finished {
+        calendar_id,
+        change_ids,
+    });
+}
+
+async fn import(ctx: &ImportContext, batch: &mut Batch, change_ids: &[String]) {
+    let batch_id = batch_id(&batch.calendar_id, change_ids);
+    let calendar_id = batch.calendar_id.as_str();
+    tracing::Span::current().record("batch_id", batch_id.as_str());
+    let started = batch
+        .changes
+        .iter()
+        .map(|a| a.msg.received_at)
+        .min()
+        .unwrap_or_else(Instant::now);
+    let validation: Duration = batch.changes.iter().map(|a| a.validation).sum();
+    let capacity: u64 = batch
+        .changes
+        .iter()
+        .map(|a| a.change.capacity_minutes)
+        .sum();
+    let traceparent = batch
+        .changes
+        .first()
+        .and_then(|a| a.msg.traceparent.clone());
+    let tp = traceparent.as_deref();
+    let payload = ImportPayload {
+        schedule_entries: batch
+            .changes
+            .iter_mut()
+            .flat_map(|a| std::mem::take(&mut a.change.entries))
+            .collect(),
+        validation_mode: batch.validation_mode,
+        conflict_resolution: batch.conflict_resolution,
+        target_calendar_id: batch.calendar_id.clone(),
+    };
+    let entry_count = batch.entry_count;
+
+    let request_started = Instant::now();
+    let submitted = ctx.client.submit_import(&payload, &batch_id, tp).await;
+    drop(payload);
+    let request_ms = ms(request_started.elapsed());
+    metrics::histogram!("csw_stage_duration_seconds", "stage" => "request")
+        .record(request_started.elapsed().as_secs_f64());
+    let mut attempts = 0;
+    let mut polling_ms = 0;
+    let outcome = match submitted {
+        Err(e) => {
+            tracing::warn!(error = %e, "import request failed");
+            Outcome::Failed {
+                job_id: None,
+                error: ErrorInfo {
+                    code: e.code().to_owned(),
+                    message: e.to_string(),
+                    http_status: e.http_status(),
+                },
+            }
+        }
+        Ok(sub) => {
+            attempts = sub.attempts;
+            tracing::Span::current().record("job_id", sub.job_id.as_str());
+            let event = events::encode(
+                events::SUBMITTED,
+                &batch_id,
+                &ctx.source,
+                Some(calendar_id),
+                tp,
+                &events::Submitted {
+                    batch_id: &batch_id,
+                    calendar_id,
+                    job_id: &sub.job_id,
+                    change_ids,
+                    entry_count,
+                },
+            );
+            if let Err(e) = ctx
+                .outbound
+                .publish_event(events::SUBMITTED, &event, tp)
+                .await
+            {
+                tracing::warn!(error = %e, "submitted event not published; leaving the batch unacked");
+                return;
+            }
+            let poll_started = Instant::now();
+            let end = follow(&ctx.client, &ctx.jobs, &sub.job_id, &ctx.poll, tp).await;
+            polling_ms = ms(poll_started.elapsed());
+            metrics::histogram!("csw_stage_duration_seconds", "stage" => "polling")
+                .record(poll_started.elapsed().as_secs_f64());
+            if matches!(&end, JobEnd::Finished(job) if job.status == JobStatus::Completed) {
+                Outcome::Completed { job_id: sub.job_id }
+            } else {
+                let job_id = Some(sub.job_id);
+                match end {
+                    JobEnd::Finished(job) => Outcome::Failed {
+                        job_id,
+                        error: ErrorInfo {
+                            code: "JOB_FAILED".into(),
+                            message: if job.errors.is_empty() {
+                                "CXone reported the import job FAILED".into()
+                            } else {
+                                format!(
+                                    "CXone reported the import job FAILED: {}",
+                                    serde_json::Value::Array(job.errors)
+                                )
+                            },
+                            http_status: None,
+                        },
+                    },
+                    JobEnd::TimedOut => Outcome::Failed {
+                        job_id,
+                        error: ErrorInfo {
+                            code: "JOB_TIMEOUT".into(),
+                            message: format!(
+                                "the import job did not finish within imports.job_timeout_s ({} s)",
+                                ctx.poll.timeout.as_secs()
+                            ),
+                            http_status: None,
+                        },
+                    },
+                    JobEnd::Error(e) => Outcome::Failed {
+                        job_id,
+                        error: ErrorInfo {
+                            code: e.code().to_owned(),
+                            message: format!("following the import job failed: {e}"),
+                            http_status: e.http_status(),
+                        },
+                    },
+                }
+            }
+        }
+    };
+
+    let total = started.elapsed();
+    metrics::histogram!("csw_stage_duration_seconds", "stage" => "total")
+        .record(total.as_secs_f64());
+    metrics::histogram!("csw_stage_duration_seconds", "stage" => "validation")
+        .record(validation.as_secs_f64());
+    let timings = Timings {
+        validation_ms: ms(validation),
+        request_ms,
+        polling_ms,
+        total_ms: ms(total),
+    };
+    let duplicates = batch.shared.take_duplicates();
+    let messages: Vec<&InboundMessage> = batch
+        .changes
+        .iter()
+        .map(|a| &a.msg)
+        .chain(duplicates.iter())
+        .collect();
+    let settled = match &outcome {
+        Outcome::Completed { job_id } => {
+            let event = events::encode(
+                events::COMPLETED,
+                &batch_id,
+                &ctx.source,
+                Some(calendar_id),
+                tp,
+                &events::Completed {
+                    batch_id: &batch_id,
+                    calendar_id,
+                    job_id,
+                    change_ids,
+                    entry_count,
+                    capacity_minutes: capacity,
+                    attempts,
+                    timings,
+                },
+            );
+            ctx.outbound
+                .settle(events::COMPLETED, &event, tp, None, &messages)
+                .await
+        }
+        Outcome::Failed { job_id, error } => {
+            let event = events::encode(
+                events::FAILED,
+                &batch_id,
+                &ctx.source,
+                Some(calendar_id),
+                tp,
+                &events::Failed {
+                    batch_id: &batch_id,
+                    calendar_id,
+                    job_id: job_id.as_deref(),
+                    change_ids,
+                    entry_count,
+                    capacity_minutes: capacity,
+                    attempts,
+                    timings,
+                    error,
+                },
+            );
+            ctx.outbound
+                .settle(
+                    events::FAILED,
+                    &event,
+                    tp,
+                    Some((&error.code, &error.message)),
+                    &messages,
+                )
+                .await
+        }
+    };
+    let label = match (&outcome, &settled) {
+        (_, Err(_)) => "abandoned",
+        (Outcome::Completed { .. }, _) => "completed",
+        (Outcome::Failed { .. }, _) => "failed",
+    };
+    metrics::counter!("csw_imports_total", "outcome" => label).increment(1);
+    match (&outcome, settled) {
+        (_, Err(e)) => tracing::warn!(error = %e, "batch left unacked"),
+        (Outcome::Completed { .. }, Ok(())) => {
+            metrics::counter!("csw_changes_imported_total").increment(change_ids.len() as u64);
+            tracing::info!(total_ms = timings.total_ms, "import completed");
+        }
+        (Outcome::Failed { error, .. }, Ok(())) => {
+            tracing::warn!(code = %error.code, message = %error.message, "import failed; changes dead-lettered")
+        }
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
