@@ -94,6 +94,7 @@ pub async fn run(
             Err(e) => tracing::warn!(error = %e, "broker unavailable; retrying"),
         }
         control.ready.store(false, Ordering::SeqCst);
+        metrics::gauge!("csw_broker_connected").set(0.0);
         publisher.send_replace(None);
         metrics::counter!("csw_broker_reconnects_total").increment(1);
         if started.elapsed() > Duration::from_secs(30) {
@@ -174,6 +175,7 @@ async fn session(
         consumer_channel = Some(ch);
     }
     control.ready.store(true, Ordering::SeqCst);
+    metrics::gauge!("csw_broker_connected").set(1.0);
     tracing::info!(queues = ?queues, prefetch = cfg.prefetch, "connected to the broker");
 
     let mut health = tokio::time::interval(Duration::from_secs(1));
@@ -281,6 +283,7 @@ async fn handle(
         properties: props,
         routing_key: delivery.routing_key.to_string(),
         received_at,
+        redelivered: delivery.redelivered,
     };
     match parsed {
         Ok(change) => {

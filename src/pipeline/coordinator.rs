@@ -27,10 +27,12 @@ pub struct Accepted {
 /// What the coordinator hears.
 pub enum Input {
     Change(Box<Accepted>),
-    /// An import ended and its batch is settled: the calendar is free again.
+    /// An import ended: the calendar is free again. `settled` when its event
+    /// was published and its deliveries acked.
     Finished {
         calendar_id: String,
         change_ids: Vec<String>,
+        settled: bool,
     },
 }
 
@@ -165,10 +167,18 @@ pub struct Coordinator<D> {
     ages: VecDeque<(Instant, String, u64)>,
     /// changeId → the batch holding it, while open, queued or in flight.
     owners: HashMap<String, Arc<BatchShared>>,
+    /// changeIds whose import settled lately, oldest first (bounded): a
+    /// redelivered copy of one (its ack was lost with a connection) is acked
+    /// without importing it again, which could reorder the calendar.
+    recent: HashSet<String>,
+    recent_order: VecDeque<String>,
     in_flight: usize,
     next_seq: u64,
     draining: bool,
 }
+
+/// How many settled changeIds to remember for redeliveries.
+const RECENT_CAPACITY: usize = 200_000;
 
 impl<D: FnMut(Batch)> Coordinator<D> {
     /// `dispatch` starts an import of the batch; whoever runs it sends
@@ -182,6 +192,8 @@ impl<D: FnMut(Batch)> Coordinator<D> {
             ready_set: HashSet::new(),
             ages: VecDeque::new(),
             owners: HashMap::new(),
+            recent: HashSet::new(),
+            recent_order: VecDeque::new(),
             in_flight: 0,
             next_seq: 0,
             draining: false,
@@ -224,9 +236,18 @@ impl<D: FnMut(Batch)> Coordinator<D> {
             Input::Finished {
                 calendar_id,
                 change_ids,
+                settled,
             } => {
                 for id in change_ids {
                     self.owners.remove(&id);
+                    if settled && self.recent.insert(id.clone()) {
+                        self.recent_order.push_back(id);
+                        if self.recent_order.len() > RECENT_CAPACITY
+                            && let Some(old) = self.recent_order.pop_front()
+                        {
+                            self.recent.remove(&old);
+                        }
+                    }
                 }
                 self.in_flight -= 1;
                 if let Some(cal) = self.calendars.get_mut(&calendar_id) {
@@ -243,6 +264,12 @@ impl<D: FnMut(Batch)> Coordinator<D> {
 
     fn add(&mut self, accepted: Accepted) {
         metrics::counter!("csw_changes_accepted_total").increment(1);
+        if accepted.msg.redelivered && self.recent.contains(&accepted.change.change_id) {
+            metrics::counter!("csw_changes_redelivered_settled_total").increment(1);
+            tracing::info!(change_id = %accepted.change.change_id, "redelivered change already imported and settled; acking it without importing again");
+            tokio::spawn(async move { super::ack_all([&accepted.msg]).await });
+            return;
+        }
         // A repeated changeId rides along with the first one's batch.
         let accepted = match self.owners.get(&accepted.change.change_id) {
             Some(owner) => {

@@ -65,19 +65,22 @@ pub async fn run(ctx: &ImportContext, mut batch: Batch) {
         changes = change_ids.len(),
         entries = batch.entry_count
     );
-    tokio::select! {
-        _ = import(ctx, &mut batch, &change_ids).instrument(span) => {}
+    let settled = tokio::select! {
+        settled = import(ctx, &mut batch, &change_ids).instrument(span) => settled,
         _ = ctx.outbound.hard_stop.cancelled() => {
             tracing::warn!(calendar_id, "shutdown grace period over: import abandoned unacked; the broker will redeliver its changes");
+            false
         }
-    }
+    };
     let _ = ctx.coordinator.send(Input::Finished {
         calendar_id,
         change_ids,
+        settled,
     });
 }
 
-async fn import(ctx: &ImportContext, batch: &mut Batch, change_ids: &[String]) {
+/// Returns whether the batch was settled (event published, deliveries acked).
+async fn import(ctx: &ImportContext, batch: &mut Batch, change_ids: &[String]) -> bool {
     let batch_id = batch_id(&batch.calendar_id, change_ids);
     let calendar_id = batch.calendar_id.as_str();
     tracing::Span::current().record("batch_id", batch_id.as_str());
@@ -153,7 +156,7 @@ async fn import(ctx: &ImportContext, batch: &mut Batch, change_ids: &[String]) {
                 .await
             {
                 tracing::warn!(error = %e, "submitted event not published; leaving the batch unacked");
-                return;
+                return false;
             }
             let poll_started = Instant::now();
             let end = follow(&ctx.client, &ctx.jobs, &sub.job_id, &ctx.poll, tp).await;
@@ -281,6 +284,7 @@ async fn import(ctx: &ImportContext, batch: &mut Batch, change_ids: &[String]) {
         (Outcome::Failed { .. }, _) => "failed",
     };
     metrics::counter!("csw_imports_total", "outcome" => label).increment(1);
+    let ok = settled.is_ok();
     match (&outcome, settled) {
         (_, Err(e)) => tracing::warn!(error = %e, "batch left unacked"),
         (Outcome::Completed { .. }, Ok(())) => {
@@ -291,6 +295,7 @@ async fn import(ctx: &ImportContext, batch: &mut Batch, change_ids: &[String]) {
             tracing::warn!(code = %error.code, message = %error.message, "import failed; changes dead-lettered")
         }
     }
+    ok
 }
 
 fn ms(d: Duration) -> u64 {

@@ -34,6 +34,8 @@ pub struct InboundMessage {
     pub routing_key: String,
     pub received_at: Instant,
     pub traceparent: Option<String>,
+    /// The broker says an earlier delivery of this message was not acked.
+    pub redelivered: bool,
 }
 
 impl InboundMessage {
