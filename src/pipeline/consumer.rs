@@ -20,6 +20,7 @@ use tokio::{
     time::Instant,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument;
 
 use super::{
     InboundMessage,
@@ -296,7 +297,12 @@ async fn handle(
         Err(rejection) => {
             let outbound = outbound.clone();
             let source = cfg.source.clone();
-            tasks.spawn(async move { settle_rejection(&outbound, &source, rejection, msg).await });
+            let span = tracing::info_span!("rejection", change_id = %rejection.change_id);
+            crate::telemetry::adopt_parent(&span, msg.traceparent.as_deref());
+            tasks.spawn(
+                async move { settle_rejection(&outbound, &source, rejection, msg).await }
+                    .instrument(span),
+            );
         }
     }
 }
@@ -310,7 +316,8 @@ async fn settle_rejection(
     let code = rejection.primary_code();
     metrics::counter!("csw_changes_rejected_total", "code" => code.as_str()).increment(1);
     tracing::info!(change_id = %rejection.change_id, %code, "change rejected: {}", rejection.summary());
-    let tp = msg.traceparent.as_deref();
+    let traceparent = crate::telemetry::outgoing_traceparent(msg.traceparent.as_deref());
+    let tp = traceparent.as_deref();
     let event = events::encode(
         events::REJECTED,
         &rejection.change_id,

@@ -65,6 +65,13 @@ pub async fn run(ctx: &ImportContext, mut batch: Batch) {
         changes = change_ids.len(),
         entries = batch.entry_count
     );
+    crate::telemetry::adopt_parent(
+        &span,
+        batch
+            .changes
+            .first()
+            .and_then(|a| a.msg.traceparent.as_deref()),
+    );
     let settled = tokio::select! {
         settled = import(ctx, &mut batch, &change_ids).instrument(span) => settled,
         _ = ctx.outbound.hard_stop.cancelled() => {
