@@ -86,7 +86,8 @@ fn main() -> ExitCode {
                 .map(|()| ExitCode::SUCCESS),
             Command::Demo(args) => cmd::demo::run(args, settings)
                 .await
-                .map(|()| ExitCode::SUCCESS),
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(anyhow::Error::from),
             Command::Validate { .. } => unreachable!("handled above"),
         }
     });

@@ -9,7 +9,9 @@ mod acks;
 mod topology;
 
 pub use acks::AckTracker;
-pub use topology::{declare_topology, partition_queue_name};
+pub use topology::{
+    declare_topology, members_exchange_name, partition_exchange_name, partition_queue_name,
+};
 
 use std::time::Duration;
 

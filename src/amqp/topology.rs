@@ -22,6 +22,11 @@ pub fn partition_exchange_name(settings: &AmqpSettings) -> String {
     format!("{}.partitions", settings.inbound_exchange)
 }
 
+/// The fanout exchange replicas announce themselves on (partitioned mode).
+pub fn members_exchange_name(settings: &AmqpSettings) -> String {
+    format!("{}.members", settings.inbound_exchange)
+}
+
 /// Declares every exchange, queue and binding the worker relies on. Safe to
 /// run from any number of processes at once: declarations are idempotent.
 /// Returns the queues to consume from.
@@ -85,6 +90,14 @@ pub async fn declare_topology(ch: &Channel, s: &AmqpSettings) -> Result<Vec<Stri
         return Ok(vec![s.inbound_queue.clone()]);
     }
 
+    exchange(
+        ch,
+        &members_exchange_name(s),
+        ExchangeKind::Fanout,
+        durable,
+        FieldTable::default(),
+    )
+    .await?;
     let hash = partition_exchange_name(s);
     exchange(
         ch,

@@ -1,10 +1,358 @@
-//! `demo`: the simulator in process, the worker, the bundled sample roster.
+//! `demo`: the simulator in process, the worker against it and the broker at
+//! `AMQP_URL`, the bundled sample roster published, a progress bar, a summary.
+//!
+//! The demo declares its own uniquely named exchanges and queues and deletes
+//! them at the end, so it never touches a real deployment's topology.
 
-use crate::config::Settings;
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
+
+use futures_util::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use lapin::{
+    Channel, Connection,
+    options::{
+        BasicConsumeOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueBindOptions,
+        QueueDeclareOptions, QueueDeleteOptions,
+    },
+    types::FieldTable,
+};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::{
+    amqp, app,
+    cmd::publish::{publish_all, split_changes},
+    config::{AmqpSettings, Settings},
+    sim::{SimConfig, SimServer},
+};
+
+/// The bundled sample roster: a week for 48 agents in 4 calendars, with a few invalid changes.
+pub const SAMPLE_ROSTER: &[u8] = include_bytes!("../../samples/roster.ndjson");
 
 #[derive(Clone, Debug, clap::Args)]
-pub struct DemoArgs {}
+pub struct DemoArgs {
+    /// Changes published per second (0: as fast as the broker confirms).
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// How long each simulated CXone import job runs, in milliseconds.
+    #[arg(long, default_value_t = 300)]
+    pub job_ms: u64,
+    /// Give up waiting for the results after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    pub timeout_s: u64,
+}
 
-pub async fn run(_args: DemoArgs, _settings: Settings) -> anyhow::Result<()> {
-    anyhow::bail!("demo: not implemented yet")
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("the simulator could not start: {0}")]
+    Sim(std::io::Error),
+    #[error(transparent)]
+    App(#[from] app::AppError),
+    #[error(transparent)]
+    Amqp(#[from] amqp::AmqpError),
+    #[error("broker error: {0}; is RabbitMQ running at AMQP_URL?")]
+    Broker(#[from] lapin::Error),
+    #[error(transparent)]
+    Publish(#[from] super::publish::PublishError),
+    #[error("timed out after {0} s with {1} of {2} changes settled; see the worker's log above")]
+    Timeout(u64, usize, usize),
+}
+
+/// What the demo saw.
+#[derive(Default, Debug)]
+pub struct Summary {
+    pub published: usize,
+    pub completed_changes: usize,
+    pub failed_changes: usize,
+    pub imports_completed: usize,
+    pub imports_failed: usize,
+    pub rejected: BTreeMap<String, usize>,
+    pub latencies_ms: Vec<u64>,
+    pub roster_shifts: usize,
+}
+
+impl Summary {
+    fn percentile(&self, p: f64) -> Option<u64> {
+        if self.latencies_ms.is_empty() {
+            return None;
+        }
+        let mut v = self.latencies_ms.clone();
+        v.sort_unstable();
+        let idx = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
+        Some(v[idx])
+    }
+
+    pub fn print(&self) {
+        let rejected: usize = self.rejected.values().sum();
+        println!();
+        println!("cxone-schedule-worker demo: summary");
+        println!("  changes published      {}", self.published);
+        println!(
+            "  accepted and imported  {} (in {} imports)",
+            self.completed_changes, self.imports_completed
+        );
+        if self.failed_changes > 0 {
+            println!(
+                "  accepted but failed    {} (in {} imports; dead-lettered)",
+                self.failed_changes, self.imports_failed
+            );
+        }
+        println!("  rejected               {rejected}");
+        for (code, n) in &self.rejected {
+            println!("    {code:<28} {n}");
+        }
+        match (self.percentile(0.5), self.percentile(0.95)) {
+            (Some(p50), Some(p95)) => {
+                println!("  publish → completed    p50 {p50} ms, p95 {p95} ms")
+            }
+            _ => println!("  publish → completed    no completed changes"),
+        }
+        println!("  shifts in the roster   {}", self.roster_shifts);
+    }
+}
+
+pub async fn run(args: DemoArgs, settings: Settings) -> Result<(), DemoError> {
+    let summary = run_demo(&args, settings, true).await?;
+    summary.print();
+    Ok(())
+}
+
+/// Runs the demo and returns its summary (the CLI prints it; tests read it).
+pub async fn run_demo(
+    args: &DemoArgs,
+    mut settings: Settings,
+    progress: bool,
+) -> Result<Summary, DemoError> {
+    let secret = format!("demo-{:016x}", rand::random::<u64>());
+    let sim = SimServer::start(SimConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        job_base_ms: args.job_ms,
+        ..SimConfig::default()
+    })
+    .await
+    .map_err(DemoError::Sim)?;
+    let prefix = format!(
+        "csw-demo-{}-{:x}",
+        std::process::id(),
+        rand::random::<u32>()
+    );
+    rename_topology(&mut settings.amqp, &prefix);
+    settings.cxone.base_url = sim.base_url();
+    settings.cxone.auth_url = sim.base_url();
+    settings.cxone.client_id = "sim-client".into();
+    settings.cxone.client_secret = "sim-secret".to_owned().into();
+    settings.cxone.webhook_secret = secret.clone().into();
+    settings.http.listen = ([127, 0, 0, 1], 0).into();
+    settings.worker.instance_id = prefix.clone();
+
+    let conn = amqp::connect(&settings.amqp.url, "cxone-schedule-worker demo").await?;
+    let ch = conn.create_channel().await?;
+    amqp::declare_topology(&ch, &settings.amqp).await?;
+    let tap_queue = format!("{prefix}.tap");
+    let mut events = tap(&ch, &settings.amqp, &tap_queue).await?;
+
+    let worker = app::start(settings.clone()).await?;
+    sim.set_webhook(
+        Some(format!("http://{}/webhooks/cxone", worker.http_addr)),
+        Some(secret),
+    );
+
+    let changes = split_changes(SAMPLE_ROSTER);
+    let total = changes.len();
+    let bar = if progress {
+        ProgressBar::new(total as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} changes settled {msg}")
+            .expect("static template"),
+    );
+    let publish_ch = conn.create_channel().await?;
+    publish_ch
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let mut published_at: HashMap<String, Instant> = HashMap::new();
+    let exchange = settings.amqp.inbound_exchange.clone();
+    let rate = args.rate;
+    // Publishing runs beside the event loop and reports when each change left.
+    let (sent_tx, mut sent) = tokio::sync::mpsc::unbounded_channel();
+    let bodies: Vec<Vec<u8>> = changes.iter().map(|c| c.to_vec()).collect();
+    let publish_task = tokio::spawn(async move {
+        let hidden = ProgressBar::hidden();
+        let mut ticker =
+            (rate > 0.0).then(|| tokio::time::interval(Duration::from_secs_f64(1.0 / rate)));
+        for body in bodies {
+            if let Some(t) = ticker.as_mut() {
+                t.tick().await;
+            }
+            let _ = sent_tx.send((change_id(&body), Instant::now()));
+            publish_all(&publish_ch, &exchange, &[&body], 0.0, &hidden).await?;
+        }
+        Ok::<(), super::publish::PublishError>(())
+    });
+
+    let mut summary = Summary {
+        published: total,
+        ..Default::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
+    let mut settled = 0usize;
+    while settled < total {
+        let event = tokio::time::timeout_at(deadline, events.next()).await;
+        while let Ok((id, at)) = sent.try_recv() {
+            if let Some(id) = id {
+                published_at.insert(id, at);
+            }
+        }
+        let Ok(Some(Ok(delivery))) = event else {
+            worker.shutdown();
+            let _ = worker.wait().await;
+            return Err(DemoError::Timeout(args.timeout_s, settled, total));
+        };
+        let Ok(v) = serde_json::from_slice::<Value>(&delivery.data) else {
+            continue;
+        };
+        let now = Instant::now();
+        let ids = || {
+            v["data"]["changeIds"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(str::to_owned))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        };
+        match v["type"].as_str().unwrap_or("") {
+            "wfm.schedule.import.completed" => {
+                let ids = ids();
+                summary.imports_completed += 1;
+                summary.completed_changes += ids.len();
+                settled += ids.len();
+                for id in ids {
+                    if let Some(at) = published_at.get(&id) {
+                        summary
+                            .latencies_ms
+                            .push(now.duration_since(*at).as_millis() as u64);
+                    }
+                }
+            }
+            "wfm.schedule.import.failed" => {
+                let ids = ids();
+                summary.imports_failed += 1;
+                summary.failed_changes += ids.len();
+                settled += ids.len();
+            }
+            "wfm.schedule.change.rejected" => {
+                let code = v["data"]["errors"][0]["code"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_owned();
+                *summary.rejected.entry(code).or_default() += 1;
+                settled += 1;
+            }
+            _ => {}
+        }
+        bar.set_position(settled as u64);
+        bar.set_message(format!(
+            "({} imports, {} rejected)",
+            summary.imports_completed,
+            summary.rejected.values().sum::<usize>()
+        ));
+    }
+    bar.finish();
+    if let Ok(Err(e)) = publish_task.await {
+        return Err(e.into());
+    }
+    summary.roster_shifts = ["cal-emea-1", "cal-emea-2", "cal-amer-1", "cal-apac-1"]
+        .iter()
+        .map(|c| sim.shifts(c).len())
+        .sum();
+
+    worker.shutdown();
+    worker.wait().await?;
+    cleanup(&conn, &settings.amqp, &tap_queue).await;
+    sim.shutdown().await;
+    Ok(summary)
+}
+
+fn change_id(change: &[u8]) -> Option<String> {
+    serde_json::from_slice::<Value>(change)
+        .ok()?
+        .get("changeId")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+fn rename_topology(a: &mut AmqpSettings, prefix: &str) {
+    a.inbound_exchange = format!("{prefix}.changes");
+    a.inbound_queue = format!("{prefix}.changes");
+    a.dead_letter_exchange = format!("{prefix}.changes.dlx");
+    a.dead_letter_queue = format!("{prefix}.changes.dead");
+    a.events_exchange = format!("{prefix}.events");
+    a.unrouted_events_queue = format!("{prefix}.events.unrouted");
+}
+
+async fn tap(ch: &Channel, a: &AmqpSettings, queue: &str) -> Result<lapin::Consumer, lapin::Error> {
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_bind(
+        queue.into(),
+        a.events_exchange.as_str().into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    ch.basic_consume(
+        queue.into(),
+        "demo-tap".into(),
+        BasicConsumeOptions {
+            no_ack: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+}
+
+async fn cleanup(conn: &Connection, a: &AmqpSettings, tap_queue: &str) {
+    let Ok(ch) = conn.create_channel().await else {
+        return;
+    };
+    for q in [
+        &a.inbound_queue,
+        &a.dead_letter_queue,
+        &a.unrouted_events_queue,
+    ] {
+        let _ = ch
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = ch
+        .queue_delete(tap_queue.into(), QueueDeleteOptions::default())
+        .await;
+    for e in [
+        &a.inbound_exchange,
+        &a.dead_letter_exchange,
+        &a.events_exchange,
+        &a.unrouted_events_queue,
+    ] {
+        let _ = ch
+            .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+    let _ = conn.close(200, "demo done".into()).await;
 }

@@ -9,16 +9,21 @@ use std::{
     time::Duration,
 };
 
-use futures_util::{StreamExt, stream::select_all};
+use futures_util::StreamExt;
 use lapin::{
-    Connection,
-    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
+    BasicProperties, Channel, Connection,
+    options::{
+        BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+        QueueBindOptions, QueueDeclareOptions,
+    },
     types::{AMQPValue, FieldTable, ShortString},
 };
+use std::collections::HashMap;
 use tokio::{
     sync::{mpsc, watch},
     time::Instant,
 };
+use tokio_stream::StreamMap;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
@@ -26,6 +31,7 @@ use super::{
     InboundMessage,
     coordinator::{Accepted, Input},
     events,
+    membership::{HEARTBEAT, Members},
     settle::Outbound,
 };
 use crate::{
@@ -116,6 +122,60 @@ pub async fn run(
     Ok(())
 }
 
+/// One consumed queue (the inbound queue, or one partition) on its own channel.
+struct Subscription {
+    channel: Channel,
+    consumer: lapin::Consumer,
+    tracker: Arc<AckTracker>,
+}
+
+async fn subscribe(
+    conn: &Connection,
+    cfg: &ConsumerConfig,
+    queue: &str,
+) -> Result<Subscription, AmqpError> {
+    let channel = conn
+        .create_channel()
+        .await
+        .map_err(|source| AmqpError::Channel {
+            op: "opening a consumer channel",
+            source,
+        })?;
+    // Prefetch is the only backpressure (lapin buffers without bound), and it
+    // must be applied again on every new channel.
+    channel
+        .basic_qos(cfg.prefetch, BasicQosOptions::default())
+        .await
+        .map_err(|source| AmqpError::Channel {
+            op: "basic.qos",
+            source,
+        })?;
+    let consumer = channel
+        .basic_consume(
+            ShortString::from(queue),
+            ShortString::from(format!("{}/{queue}", cfg.connection_name)),
+            BasicConsumeOptions::default(),
+            consume_args(),
+        )
+        .await
+        .map_err(|source| AmqpError::Channel {
+            op: "basic.consume",
+            source,
+        })?;
+    let tracker = Arc::new(AckTracker::new(channel.clone()));
+    Ok(Subscription {
+        channel,
+        consumer,
+        tracker,
+    })
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Heartbeat {
+    instance: String,
+    leaving: bool,
+}
+
 async fn session(
     cfg: &ConsumerConfig,
     publisher_tx: &watch::Sender<Option<Publisher>>,
@@ -133,80 +193,83 @@ async fn session(
             source,
         })?;
     let queues = amqp::declare_topology(&setup, &cfg.amqp).await?;
-    let _ = setup.close(200, "topology declared".into()).await;
     let publisher = Publisher::open(&conn).await?;
     publisher_tx.send_replace(Some(publisher.clone()));
 
-    let consuming = !control.stop_consuming.is_cancelled();
-    let mut consumer_channel = None;
-    let mut stream = None;
-    if consuming {
-        let ch = conn
-            .create_channel()
-            .await
-            .map_err(|source| AmqpError::Channel {
-                op: "opening the consumer channel",
-                source,
-            })?;
-        // Prefetch is the only backpressure (lapin buffers without bound), and it
-        // must be applied again on every new channel.
-        ch.basic_qos(cfg.prefetch, BasicQosOptions::default())
-            .await
-            .map_err(|source| AmqpError::Channel {
-                op: "basic.qos",
-                source,
-            })?;
-        let mut consumers = Vec::with_capacity(queues.len());
-        for (i, q) in queues.iter().enumerate() {
-            let consumer = ch
-                .basic_consume(
-                    ShortString::from(q.as_str()),
-                    ShortString::from(format!("{}-{i}", cfg.connection_name)),
-                    BasicConsumeOptions::default(),
-                    consume_args(),
-                )
-                .await
-                .map_err(|source| AmqpError::Channel {
-                    op: "basic.consume",
-                    source,
-                })?;
-            consumers.push(consumer);
-        }
-        stream = Some((select_all(consumers), Arc::new(AckTracker::new(ch.clone()))));
-        consumer_channel = Some(ch);
-    }
+    let partitioned = queues.len() > 1;
+    let mut members = Members::new(&cfg.connection_name);
+    let mut member_stream = if partitioned {
+        Some(membership_stream(&setup, &cfg.amqp).await?)
+    } else {
+        None
+    };
+    let members_exchange = amqp::members_exchange_name(&cfg.amqp);
+    // Gather a view of the other replicas before claiming partitions, to
+    // avoid grabbing everything and handing most of it back a second later.
+    let claim_after = Instant::now()
+        + if partitioned {
+            HEARTBEAT + HEARTBEAT / 2
+        } else {
+            Duration::ZERO
+        };
+    let mut rebalance_due = true;
+
+    let mut streams: StreamMap<usize, lapin::Consumer> = StreamMap::new();
+    let mut active: HashMap<usize, Subscription> = HashMap::new();
+    let mut releasing: HashMap<usize, Subscription> = HashMap::new();
+    let mut consuming = !control.stop_consuming.is_cancelled();
     control.ready.store(true, Ordering::SeqCst);
     metrics::gauge!("csw_broker_connected").set(1.0);
-    tracing::info!(queues = ?queues, prefetch = cfg.prefetch, "connected to the broker");
+    tracing::info!(
+        queues = queues.len(),
+        prefetch = cfg.prefetch,
+        "connected to the broker"
+    );
 
-    let mut health = tokio::time::interval(Duration::from_secs(1));
+    let mut health = tokio::time::interval(Duration::from_millis(250));
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
     loop {
         tokio::select! {
-            delivery = next(&mut stream) => match delivery {
-                Some(Ok(delivery)) => {
-                    let tracker = &stream.as_ref().expect("consuming").1;
-                    handle(cfg, delivery, tracker, coordinator, outbound, tasks).await;
+            delivery = streams.next(), if !streams.is_empty() => match delivery {
+                Some((i, Ok(delivery))) => {
+                    if let Some(sub) = active.get(&i) {
+                        handle(cfg, delivery, &sub.tracker, coordinator, outbound, tasks).await;
+                    }
                 }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "consumer error");
+                Some((i, Err(e))) => {
+                    tracing::warn!(error = %e, queue = %queues[i], "consumer error");
                     close_quietly(&conn).await;
                     return Ok(SessionEnd::Lost);
                 }
-                None => {
-                    tracing::warn!("the broker cancelled the consumer");
+                None => {}
+            },
+            notice = next_member(&mut member_stream), if member_stream.is_some() => match notice {
+                Some(Ok(d)) => {
+                    if let Ok(hb) = serde_json::from_slice::<Heartbeat>(&d.data) {
+                        let now = Instant::now();
+                        rebalance_due |= if hb.leaving { members.left(&hb.instance) } else { members.heard(&hb.instance, now) };
+                    }
+                }
+                _ => {
                     close_quietly(&conn).await;
                     return Ok(SessionEnd::Lost);
                 }
             },
-            _ = control.stop_consuming.cancelled(), if stream.is_some() => {
-                if let (Some(ch), Some((consumers, _))) = (&consumer_channel, &stream) {
-                    for c in consumers.iter() {
-                        let _ = ch.basic_cancel(c.tag(), BasicCancelOptions::default()).await;
-                    }
+            _ = heartbeat.tick(), if partitioned => {
+                send_heartbeat(&setup, &members_exchange, &cfg.connection_name, !consuming).await;
+                rebalance_due |= members.expire(Instant::now());
+            }
+            _ = control.stop_consuming.cancelled(), if consuming => {
+                consuming = false;
+                for (_, sub) in active.iter() {
+                    let _ = sub.channel.basic_cancel(sub.consumer.tag(), BasicCancelOptions::default()).await;
+                }
+                streams = StreamMap::new();
+                if partitioned {
+                    send_heartbeat(&setup, &members_exchange, &cfg.connection_name, true).await;
                 }
                 // Deliveries still buffered stay unacked; the broker requeues
                 // them when the connection closes.
-                stream = None;
                 control.consumer_stopped.cancel();
                 tracing::info!("stopped consuming; draining open batches");
             }
@@ -217,28 +280,140 @@ async fn session(
                 return Ok(SessionEnd::Closed);
             }
             _ = health.tick() => {
-                if !conn.status().connected() || !publisher.is_open()
-                    || consumer_channel.as_ref().is_some_and(|c| !c.status().connected())
+                if !conn.status().connected()
+                    || !publisher.is_open()
+                    || active.values().chain(releasing.values()).any(|s| !s.channel.status().connected())
                 {
                     close_quietly(&conn).await;
                     return Ok(SessionEnd::Lost);
                 }
+                // A released partition's channel closes once all it took is settled.
+                let mut done = Vec::new();
+                for (i, sub) in &releasing {
+                    if sub.tracker.outstanding().await == 0 {
+                        done.push(*i);
+                    }
+                }
+                for i in done {
+                    if let Some(sub) = releasing.remove(&i) {
+                        let _ = sub.channel.close(200, "partition handed over".into()).await;
+                        tracing::info!(queue = %queues[i], "released partition");
+                    }
+                }
             }
         }
-        if control.stop_consuming.is_cancelled() && stream.is_none() {
+        if !consuming {
             control.consumer_stopped.cancel();
+            continue;
+        }
+        if rebalance_due && Instant::now() >= claim_after {
+            rebalance_due = false;
+            let mine: Vec<usize> = if partitioned {
+                members
+                    .mine(queues.len() as u16)
+                    .into_iter()
+                    .map(usize::from)
+                    .collect()
+            } else {
+                vec![0]
+            };
+            for (i, queue) in queues.iter().enumerate() {
+                let want = mine.contains(&i);
+                if want && !active.contains_key(&i) {
+                    let sub = match releasing.remove(&i) {
+                        Some(sub) => sub,
+                        None => subscribe(&conn, cfg, queue).await?,
+                    };
+                    streams.insert(i, sub.consumer.clone());
+                    active.insert(i, sub);
+                    if partitioned {
+                        tracing::info!(%queue, "claimed partition");
+                    }
+                } else if !want && let Some(sub) = active.remove(&i) {
+                    // Stop taking deliveries now; close the channel once settled.
+                    streams.remove(&i);
+                    let _ = sub
+                        .channel
+                        .basic_cancel(sub.consumer.tag(), BasicCancelOptions::default())
+                        .await;
+                    releasing.insert(i, sub);
+                }
+            }
+            metrics::gauge!("csw_partitions_owned").set(active.len() as f64);
         }
     }
 }
 
-type Merged = (
-    futures_util::stream::SelectAll<lapin::Consumer>,
-    Arc<AckTracker>,
-);
+async fn membership_stream(
+    ch: &Channel,
+    amqp_settings: &AmqpSettings,
+) -> Result<lapin::Consumer, AmqpError> {
+    let exchange = amqp::members_exchange_name(amqp_settings);
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|source| AmqpError::Channel {
+            op: "declaring the membership queue",
+            source,
+        })?;
+    ch.queue_bind(
+        q.name().clone(),
+        exchange.as_str().into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .map_err(|source| AmqpError::Channel {
+        op: "binding the membership queue",
+        source,
+    })?;
+    ch.basic_consume(
+        q.name().clone(),
+        "".into(),
+        BasicConsumeOptions {
+            no_ack: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .map_err(|source| AmqpError::Channel {
+        op: "consuming membership notices",
+        source,
+    })
+}
 
-async fn next(stream: &mut Option<Merged>) -> Option<lapin::Result<lapin::message::Delivery>> {
+async fn send_heartbeat(ch: &Channel, exchange: &str, me: &str, leaving: bool) {
+    let body = serde_json::to_vec(&Heartbeat {
+        instance: me.to_owned(),
+        leaving,
+    })
+    .expect("heartbeat serialises");
+    let _ = ch
+        .basic_publish(
+            exchange.into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            &body,
+            BasicProperties::default(),
+        )
+        .await;
+}
+
+async fn next_member(
+    stream: &mut Option<lapin::Consumer>,
+) -> Option<lapin::Result<lapin::message::Delivery>> {
     match stream {
-        Some((s, _)) => s.next().await,
+        Some(s) => s.next().await,
         None => std::future::pending().await,
     }
 }

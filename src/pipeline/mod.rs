@@ -14,6 +14,7 @@ pub mod coordinator;
 pub mod events;
 pub mod import;
 pub mod jobs;
+pub mod membership;
 pub mod settle;
 
 use std::sync::Arc;

@@ -1,0 +1,139 @@
+//! Who consumes which partition when several replicas share the broker.
+//!
+//! Each partition queue has single-active-consumer, so at most one replica
+//! takes its deliveries at any time. That alone would hand every partition to
+//! the first replica to subscribe, and RabbitMQ before 3.12 ignores consumer
+//! priorities for single-active-consumer queues. So replicas agree on owners
+//! instead: each publishes a heartbeat on a fanout exchange every second,
+//! keeps the set of replicas heard from lately, and gives partition `p` to the
+//! replica with the highest rendezvous hash of `(replica, p)`. Everyone
+//! computes the same answer from the same set; when the set changes only the
+//! partitions of the replica that came or went move.
+//!
+//! A replica releasing a partition first stops taking deliveries from it,
+//! waits until every delivery it took has been settled (imported or failed,
+//! evented and acked), and only then closes that partition's channel: the
+//! broker then makes the next subscriber active and redelivers the untouched
+//! rest in order. So two replicas never import one calendar at once, even
+//! while views of the membership briefly differ.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    time::Duration,
+};
+
+use sha2::{Digest, Sha256};
+use tokio::time::Instant;
+
+/// How often a replica says it is alive.
+pub const HEARTBEAT: Duration = Duration::from_millis(1000);
+/// Silence after which a replica is considered gone.
+pub const EXPIRY: Duration = Duration::from_millis(3500);
+
+/// The replica that should consume partition `p` among `members`.
+pub fn owner<'a>(members: impl IntoIterator<Item = &'a str>, partition: u16) -> Option<&'a str> {
+    members
+        .into_iter()
+        .map(|m| {
+            let mut h = Sha256::new();
+            h.update(m.as_bytes());
+            h.update(partition.to_be_bytes());
+            let d = h.finalize();
+            (u64::from_be_bytes(d[..8].try_into().expect("8 bytes")), m)
+        })
+        .max()
+        .map(|(_, m)| m)
+}
+
+/// Replicas heard from lately, this one included.
+pub struct Members {
+    me: String,
+    seen: HashMap<String, Instant>,
+}
+
+impl Members {
+    pub fn new(me: &str) -> Members {
+        Members {
+            me: me.to_owned(),
+            seen: HashMap::new(),
+        }
+    }
+
+    /// A heartbeat arrived; true if the set changed.
+    pub fn heard(&mut self, who: &str, now: Instant) -> bool {
+        who != self.me && self.seen.insert(who.to_owned(), now).is_none()
+    }
+
+    /// A replica said it is leaving; true if the set changed.
+    pub fn left(&mut self, who: &str) -> bool {
+        self.seen.remove(who).is_some()
+    }
+
+    /// Forgets replicas silent past [`EXPIRY`]; true if the set changed.
+    pub fn expire(&mut self, now: Instant) -> bool {
+        let before = self.seen.len();
+        self.seen.retain(|_, at| now.duration_since(*at) < EXPIRY);
+        self.seen.len() != before
+    }
+
+    pub fn live(&self) -> BTreeSet<&str> {
+        self.seen
+            .keys()
+            .map(String::as_str)
+            .chain(std::iter::once(self.me.as_str()))
+            .collect()
+    }
+
+    /// The partitions (of `0..n`) this replica should consume.
+    pub fn mine(&self, n: u16) -> BTreeSet<u16> {
+        let live = self.live();
+        (0..n)
+            .filter(|p| owner(live.iter().copied(), *p) == Some(self.me.as_str()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_partition_has_one_owner_and_shares_are_fair() {
+        let members: Vec<String> = (0..3).map(|i| format!("worker-{i}")).collect();
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for p in 0..120 {
+            *counts
+                .entry(owner(members.iter().map(String::as_str), p).unwrap())
+                .or_default() += 1;
+        }
+        assert_eq!(counts.values().sum::<usize>(), 120);
+        for (m, c) in counts {
+            assert!((25..=55).contains(&c), "{m} owns {c} of 120");
+        }
+    }
+
+    #[test]
+    fn only_the_leavers_partitions_move() {
+        let three = ["a", "b", "c"];
+        let two = ["a", "b"];
+        for p in 0..64 {
+            let before = owner(three, p).unwrap();
+            let after = owner(two, p).unwrap();
+            if before != "c" {
+                assert_eq!(before, after, "partition {p} moved needlessly");
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_replicas_expire() {
+        let mut m = Members::new("me");
+        assert!(m.heard("other", Instant::now()));
+        assert!(!m.heard("other", Instant::now()));
+        assert_eq!(m.live().len(), 2);
+        tokio::time::advance(EXPIRY + Duration::from_millis(1)).await;
+        assert!(m.expire(Instant::now()));
+        assert_eq!(m.live().into_iter().collect::<Vec<_>>(), ["me"]);
+        assert_eq!(m.mine(4).len(), 4, "alone, it owns everything");
+    }
+}

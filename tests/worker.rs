@@ -1,0 +1,465 @@
+//! The worker end to end: real RabbitMQ, in-process simulator, in-process worker.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use cxone_schedule_worker::{app, sim::SimConfig};
+use lapin::BasicProperties;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Random changes over several calendars, including overlapping ones; the
+/// simulator's final roster must equal AUTO_RESOLVE applied in publish order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roster_across_many_calendars_matches_auto_resolve() {
+    let sim = sim(fast_sim()).await;
+    let settings = settings(
+        "roster",
+        &sim.base_url(),
+        &[("CSW__BATCH__MAX_ENTRIES", "40")],
+    );
+    let mut tap = Tap::new(&settings).await;
+    let worker = app::start(settings.clone()).await.unwrap();
+
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut model = RosterModel::default();
+    let mut ids = Vec::new();
+    for i in 0..400 {
+        let cal = format!("cal-{}", rng.random_range(0..12));
+        let n = rng.random_range(1..4);
+        let mut entries = Vec::new();
+        for a in 0..n {
+            // Distinct agents within a change, so the change itself is valid.
+            let agent = format!("agent-{}", (rng.random_range(0..4) * 3 + a) % 12);
+            let day = rng.random_range(15..18);
+            let start = rng.random_range(0..16);
+            let len = rng.random_range(1..9);
+            entries.push((agent, at(day, start), at(day, start + len)));
+        }
+        let refs: Vec<(&str, &str, &str)> = entries
+            .iter()
+            .map(|(a, s, e)| (a.as_str(), s.as_str(), e.as_str()))
+            .collect();
+        let id = format!("chg-{i}");
+        tap.publish(&change(&id, &cal, &refs)).await;
+        model.apply(&cal, &refs);
+        ids.push(id);
+    }
+    tap.wait_completed(&ids, WAIT).await;
+    for cal in model.calendars() {
+        assert_eq!(
+            actual(&sim.shifts(&cal)),
+            model.expected(&cal),
+            "roster of {cal}"
+        );
+    }
+    let stats = sim.stats();
+    assert_eq!(stats.concurrent_calendar_violations, 0);
+    assert!(tap.events_of("schedule.import.failed").is_empty());
+    // Batching: far fewer imports than changes.
+    assert!(stats.imports_accepted < 200, "{stats:?}");
+    let submitted = tap.events_of("schedule.import.submitted").len();
+    assert!(submitted >= tap.events_of("schedule.import.completed").len());
+
+    worker.shutdown();
+    worker.wait().await.unwrap();
+    assert_eq!(tap.inbound_ready().await, 0, "every delivery acked");
+    tap.cleanup().await;
+    sim.shutdown().await;
+}
+
+/// A change overlapping the open batch closes it: the calendar's imports
+/// follow delivery order, and a later non-overlapping change joins the new batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_change_starts_the_next_batch_in_order() {
+    let sim = sim(fast_sim()).await;
+    let settings = settings(
+        "overlap",
+        &sim.base_url(),
+        &[("CSW__BATCH__MAX_WAIT_MS", "1500")],
+    );
+    let mut tap = Tap::new(&settings).await;
+    let worker = app::start(settings.clone()).await.unwrap();
+
+    tap.publish(&change("c1", "cal-x", &[("a1", &at(15, 8), &at(15, 16))]))
+        .await;
+    tap.publish(&change("c2", "cal-x", &[("a1", &at(15, 12), &at(15, 20))]))
+        .await;
+    tap.publish(&change("c3", "cal-x", &[("a2", &at(15, 8), &at(15, 16))]))
+        .await;
+    tap.events_until(WAIT, |e| {
+        e.iter()
+            .filter(|e| e["type"] == "wfm.schedule.import.completed")
+            .count()
+            == 2
+    })
+    .await;
+    let completed = tap.events_of("schedule.import.completed");
+    assert_eq!(completed[0]["data"]["changeIds"], json!(["c1"]));
+    assert_eq!(completed[1]["data"]["changeIds"], json!(["c2", "c3"]));
+    assert_eq!(completed[1]["data"]["entryCount"], 2);
+    assert_eq!(
+        actual(&sim.shifts("cal-x")),
+        vec![
+            ("a1".into(), at(15, 12), at(15, 20)),
+            ("a2".into(), at(15, 8), at(15, 16)),
+        ]
+    );
+    worker.shutdown();
+    worker.wait().await.unwrap();
+    tap.cleanup().await;
+    sim.shutdown().await;
+}
+
+/// The same changeId twice while the first is open: imported once, both acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_change_id_is_imported_once() {
+    let sim = sim(fast_sim()).await;
+    let settings = settings(
+        "dupe",
+        &sim.base_url(),
+        &[("CSW__BATCH__MAX_WAIT_MS", "1500")],
+    );
+    let mut tap = Tap::new(&settings).await;
+    let worker = app::start(settings.clone()).await.unwrap();
+
+    let body = change("same", "cal-d", &[("a1", &at(15, 8), &at(15, 16))]);
+    tap.publish(&body).await;
+    tap.publish(&body).await;
+    tap.publish(&change(
+        "other",
+        "cal-d",
+        &[("a2", &at(15, 8), &at(15, 16))],
+    ))
+    .await;
+    tap.events_until(WAIT, |e| {
+        e.iter()
+            .any(|e| e["type"] == "wfm.schedule.import.completed")
+    })
+    .await;
+    let completed = tap.events_of("schedule.import.completed");
+    assert_eq!(completed.len(), 1);
+    assert_eq!(completed[0]["data"]["changeIds"], json!(["same", "other"]));
+    assert_eq!(sim.stats().imports_accepted, 1);
+    worker.shutdown();
+    worker.wait().await.unwrap();
+    assert_eq!(tap.inbound_ready().await, 0, "both deliveries acked");
+    tap.cleanup().await;
+    sim.shutdown().await;
+}
+
+/// Every rejection that can reach the worker: event, dead-letter copy with
+/// headers, ack; good changes around them keep flowing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_rejected_dead_lettered_and_acked() {
+    let sim = sim(fast_sim()).await;
+    let settings = settings(
+        "reject",
+        &sim.base_url(),
+        &[("CSW__LIMITS__MAX_MESSAGE_BYTES", "4096")],
+    );
+    let mut tap = Tap::new(&settings).await;
+    let worker = app::start(settings.clone()).await.unwrap();
+    let json_props = || BasicProperties::default().with_content_type("application/json".into());
+
+    tap.publish(&change(
+        "good-1",
+        "cal-r",
+        &[("a1", &at(15, 8), &at(15, 16))],
+    ))
+    .await;
+    tap.publish_raw(
+        "cal-r",
+        b"this is not json",
+        json_props().with_message_id("m-notjson".into()),
+    )
+    .await;
+    let good2 = change("good-2", "cal-r", &[("a2", &at(15, 8), &at(15, 16))]);
+    tap.publish_raw(
+        "cal-r",
+        &good2,
+        BasicProperties::default().with_content_type("text/plain".into()),
+    )
+    .await;
+    tap.publish_raw("cal-r", &vec![b' '; 5000], json_props())
+        .await;
+    tap.publish(&change(
+        "backwards",
+        "cal-r",
+        &[("a3", &at(15, 16), &at(15, 8))],
+    ))
+    .await;
+    tap.publish_raw(
+        "cal-r",
+        br#"{"schemaVersion":2,"calendarId":"cal-r","entries":[]}"#,
+        json_props(),
+    )
+    .await;
+    tap.publish_raw("cal-r", b"[1,2,3]", json_props()).await;
+    // No content type at all means JSON.
+    tap.publish_raw(
+        "cal-r",
+        &change("good-3", "cal-r", &[("a4", &at(15, 8), &at(15, 16))]),
+        BasicProperties::default(),
+    )
+    .await;
+
+    tap.events_until(WAIT, |e| {
+        e.iter()
+            .filter(|e| e["type"] == "wfm.schedule.change.rejected")
+            .count()
+            == 6
+            && e.iter()
+                .any(|e| e["type"] == "wfm.schedule.import.completed")
+    })
+    .await;
+    let mut codes: Vec<String> = tap
+        .events_of("schedule.change.rejected")
+        .iter()
+        .map(|e| e["data"]["errors"][0]["code"].as_str().unwrap().to_owned())
+        .collect();
+    codes.sort();
+    assert_eq!(
+        codes,
+        [
+            "END_NOT_AFTER_START",
+            "INVALID_JSON",
+            "INVALID_JSON",
+            "MESSAGE_TOO_LARGE",
+            "UNSUPPORTED_CONTENT_TYPE",
+            "UNSUPPORTED_SCHEMA_VERSION",
+        ]
+    );
+    let notjson = tap
+        .events_of("schedule.change.rejected")
+        .into_iter()
+        .find(|e| e["data"]["messageId"] == "m-notjson")
+        .expect("rejection carries the message id");
+    assert_eq!(
+        notjson["data"]["changeId"], "m-notjson",
+        "changeId falls back to message_id"
+    );
+    assert_eq!(notjson["data"]["calendarId"], serde_json::Value::Null);
+
+    tap.dead_letters(6, WAIT).await;
+    let mut dead_codes: Vec<String> = tap
+        .seen_dead
+        .iter()
+        .map(|(_, h)| header(h, "x-error-code").expect("x-error-code"))
+        .collect();
+    dead_codes.sort();
+    assert_eq!(dead_codes, codes);
+    assert!(
+        tap.seen_dead
+            .iter()
+            .all(|(_, h)| header(h, "x-error-message").is_some())
+    );
+    assert!(
+        tap.seen_dead
+            .iter()
+            .any(|(body, _)| body == b"this is not json")
+    );
+
+    tap.wait_completed(&["good-1".into(), "good-3".into()], WAIT)
+        .await;
+    let mut done = tap.change_ids_in("schedule.import.completed");
+    done.sort();
+    assert_eq!(done, ["good-1", "good-3"]);
+    worker.shutdown();
+    worker.wait().await.unwrap();
+    assert_eq!(tap.inbound_ready().await, 0);
+    tap.cleanup().await;
+    sim.shutdown().await;
+}
+
+/// A job that ends FAILED: failed event, dead-letter copies, acks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_job_dead_letters_its_changes() {
+    let sim = sim(SimConfig {
+        job_fail_rate: 1.0,
+        ..fast_sim()
+    })
+    .await;
+    let settings = settings("jobfail", &sim.base_url(), &[]);
+    let mut tap = Tap::new(&settings).await;
+    let worker = app::start(settings.clone()).await.unwrap();
+    tap.publish(&change("f1", "cal-f", &[("a1", &at(15, 8), &at(15, 16))]))
+        .await;
+    tap.publish(&change("f2", "cal-f", &[("a2", &at(15, 8), &at(15, 16))]))
+        .await;
+    tap.events_until(WAIT, |e| {
+        e.iter().any(|e| e["type"] == "wfm.schedule.import.failed")
+    })
+    .await;
+    let failed = tap.events_of("schedule.import.failed");
+    assert_eq!(failed[0]["data"]["error"]["code"], "JOB_FAILED");
+    assert!(failed[0]["data"]["jobId"].is_string());
+    tap.dead_letters(2, WAIT).await;
+    assert!(
+        tap.seen_dead
+            .iter()
+            .all(|(_, h)| header(h, "x-error-code").as_deref() == Some("JOB_FAILED"))
+    );
+    assert!(sim.shifts("cal-f").is_empty());
+    worker.shutdown();
+    worker.wait().await.unwrap();
+    assert_eq!(tap.inbound_ready().await, 0);
+    tap.cleanup().await;
+    sim.shutdown().await;
+}
+
+/// CXone rate-limits hard: the worker backs off and still imports everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_storm_still_imports_everything() {
+    let sim = sim(SimConfig {
+        rate_limit_per_min: 120,
+        ..fast_sim()
+    })
+    .await;
+    let settings = settings(
+        "ratelimit",
+        &sim.base_url(),
+        &[("CSW__IMPORTS__MAX_CONCURRENT", "6")],
+    );
+    let mut tap = Tap::new(&settings).await;
+    let worker = app::start(settings.clone()).await.unwrap();
+    let mut model = RosterModel::default();
+    for i in 0..30 {
+        let cal = format!("cal-{}", i % 10);
+        let (s, e) = (at(15, i % 20), at(15, i % 20 + 2));
+        tap.publish(&change(&format!("r{i}"), &cal, &[("a1", &s, &e)]))
+            .await;
+        model.apply(&cal, &[("a1", &s, &e)]);
+    }
+    let ids: Vec<String> = (0..30).map(|i| format!("r{i}")).collect();
+    tap.wait_completed(&ids, Duration::from_secs(120)).await;
+    assert!(tap.events_of("schedule.import.failed").is_empty());
+    for cal in model.calendars() {
+        assert_eq!(
+            actual(&sim.shifts(&cal)),
+            model.expected(&cal),
+            "roster of {cal}"
+        );
+    }
+    worker.shutdown();
+    worker.wait().await.unwrap();
+    tap.cleanup().await;
+    sim.shutdown().await;
+}
+
+/// With a webhook secret, a signed webhook completes the job: polling is set
+/// so slow here that only the webhook can finish the import in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_completes_imports_before_polling() {
+    let sim = sim(fast_sim()).await;
+    let settings = settings(
+        "webhook",
+        &sim.base_url(),
+        &[
+            ("CXONE_WEBHOOK_SECRET", "whsec-test"),
+            ("CSW__IMPORTS__POLL_INITIAL_MS", "600000"),
+            ("CSW__IMPORTS__POLL_MAX_MS", "600000"),
+        ],
+    );
+    let mut tap = Tap::new(&settings).await;
+    let worker = app::start(settings.clone()).await.unwrap();
+    sim.set_webhook(
+        Some(format!("http://{}/webhooks/cxone", worker.http_addr)),
+        Some("whsec-test".into()),
+    );
+    tap.publish(&change("w1", "cal-w", &[("a1", &at(15, 8), &at(15, 16))]))
+        .await;
+    tap.events_until(WAIT, |e| {
+        e.iter()
+            .any(|e| e["type"] == "wfm.schedule.import.completed")
+    })
+    .await;
+    assert_eq!(sim.shifts("cal-w").len(), 1);
+
+    // Unsigned or wrongly signed webhooks are refused.
+    let url = format!("http://{}/webhooks/cxone", worker.http_addr);
+    let http = reqwest::Client::new();
+    let body = r#"{"eventType":"WFM_SCHEDULE_IMPORT_COMPLETED","jobId":"x","status":"COMPLETED"}"#;
+    let r = http.post(&url).body(body).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http
+        .post(&url)
+        .header("X-CXone-Signature", "sha256=00ff")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http
+        .post(&url)
+        .header(
+            "X-CXone-Signature",
+            cxone_schedule_worker::http::sign("whsec-test", body.as_bytes()),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    worker.shutdown();
+    worker.wait().await.unwrap();
+    tap.cleanup().await;
+    sim.shutdown().await;
+}
+
+/// Without a webhook secret the route does not exist; health and readiness answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_endpoints_answer() {
+    let sim = sim(fast_sim()).await;
+    let settings = settings("http", &sim.base_url(), &[]);
+    let tap = Tap::new(&settings).await;
+    let worker = app::start(settings.clone()).await.unwrap();
+    let base = format!("http://{}", worker.http_addr);
+    let http = reqwest::Client::new();
+    assert_eq!(
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let r = http.get(format!("{base}/readyz")).send().await.unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never ready: {}",
+            r.text().await.unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = http
+        .post(format!("{base}/webhooks/cxone"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("csw_"), "{metrics}");
+    worker.shutdown();
+    worker.wait().await.unwrap();
+    tap.cleanup().await;
+    sim.shutdown().await;
+}
