@@ -185,6 +185,11 @@ pub struct CxoneSettings {
     pub request_timeout_ms: u64,
     pub connect_timeout_ms: u64,
     pub token_refresh_margin_s: u64,
+    /// Client-side request budget (token bucket, burst of one second's
+    /// worth); 0 = off. Set it to a rate limit CXone has announced, so the
+    /// worker paces itself instead of collecting 429s.
+    #[serde(default)]
+    pub max_requests_per_min: u32,
 }
 
 impl CxoneSettings {

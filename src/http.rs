@@ -16,14 +16,17 @@ use axum::{
     response::IntoResponse,
     routing::{get, post},
 };
-use hmac::{Hmac, Mac};
 use metrics_exporter_prometheus::PrometheusHandle;
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
 use serde_json::json;
-use sha2::Sha256;
 
-use crate::{cxone::CxoneClient, cxone::JobStatus, pipeline::jobs::JobRegistry};
+use crate::{
+    cxone::{
+        CxoneClient,
+        webhook::{self, WebhookEvent},
+    },
+    pipeline::jobs::JobRegistry,
+};
 
 #[derive(Clone)]
 pub struct HttpState {
@@ -74,14 +77,6 @@ async fn metrics(State(s): State<Arc<HttpState>>) -> impl IntoResponse {
     )
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct WebhookBody {
-    event_type: String,
-    job_id: String,
-    status: JobStatus,
-}
-
 async fn webhook(
     State(s): State<Arc<HttpState>>,
     headers: HeaderMap,
@@ -94,20 +89,23 @@ async fn webhook(
             "webhook disabled: set cxone.webhook_secret",
         );
     };
-    if !signature_ok(secret, &headers, &body) {
+    let signature = headers
+        .get(webhook::SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok());
+    if !webhook::verify(secret.expose_secret().as_bytes(), &body, signature) {
         metrics::counter!("csw_webhooks_total", "result" => "bad_signature").increment(1);
         return error(
             StatusCode::UNAUTHORIZED,
             "missing or invalid X-CXone-Signature (expected sha256=<hex HMAC-SHA256 of the body>)",
         );
     }
-    let Ok(notice) = serde_json::from_slice::<WebhookBody>(&body) else {
+    let Ok(notice) = serde_json::from_slice::<WebhookEvent>(&body) else {
         return error(
             StatusCode::BAD_REQUEST,
             "expected {eventType, jobId, status}",
         );
     };
-    if notice.event_type != "WFM_SCHEDULE_IMPORT_COMPLETED" || !notice.status.is_terminal() {
+    if notice.event_type != webhook::EVENT_IMPORT_COMPLETED || !notice.status.is_terminal() {
         return (
             StatusCode::ACCEPTED,
             Json(json!({"accepted": true, "used": false})),
@@ -127,32 +125,4 @@ fn error(status: StatusCode, message: &str) -> (StatusCode, Json<serde_json::Val
         status,
         Json(json!({"error": status.canonical_reason(), "message": message})),
     )
-}
-
-/// Constant-time check of `X-CXone-Signature: sha256=<hex>`.
-fn signature_ok(secret: &SecretString, headers: &HeaderMap, body: &[u8]) -> bool {
-    let Some(value) = headers
-        .get("x-cxone-signature")
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let Some(hex_sig) = value.trim().strip_prefix("sha256=") else {
-        return false;
-    };
-    let Ok(sig) = hex::decode(hex_sig) else {
-        return false;
-    };
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.expose_secret().as_bytes()) else {
-        return false;
-    };
-    mac.update(body);
-    mac.verify_slice(&sig).is_ok()
-}
-
-/// `sha256=<hex>` for a body: what CXone (and the simulator) send.
-pub fn sign(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }

@@ -21,7 +21,10 @@ fn spawn_replica(env: &[(String, String)], id: &str) -> Child {
         .env("CSW__WORKER__INSTANCE_ID", id)
         .env("CSW__AMQP__PARTITIONS", "12")
         .env("CSW__IMPORTS__MAX_CONCURRENT", "3")
-        .env("RUST_LOG", "warn,cxone_schedule_worker::pipeline::consumer=info")
+        .env(
+            "RUST_LOG",
+            "warn,cxone_schedule_worker::pipeline::consumer=info",
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -39,7 +42,9 @@ async fn three_replicas_share_twelve_partitions_and_survive_a_kill() {
     settings.amqp.partitions = 12;
     let mut tap = Tap::new(&settings).await;
     let env = env_of(&settings);
-    let ids: Vec<String> = (0..3).map(|i| format!("{}-r{i}", settings.worker.instance_id)).collect();
+    let ids: Vec<String> = (0..3)
+        .map(|i| format!("{}-r{i}", settings.worker.instance_id))
+        .collect();
     let mut replicas: Vec<Child> = ids.iter().map(|id| spawn_replica(&env, id)).collect();
 
     // 10,000 changes over 200 calendars, overlapping within calendars.
@@ -58,48 +63,82 @@ async fn three_replicas_share_twelve_partitions_and_survive_a_kill() {
     }
     let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
     let ch = tap.conn.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-    let (first, rest) = refs.split_at(5_000);
-    publish_all(&ch, &settings.amqp.inbound_exchange, first, 0.0, &ProgressBar::hidden())
+    ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
+    let (first, rest) = refs.split_at(5_000);
+    publish_all(
+        &ch,
+        &settings.amqp.inbound_exchange,
+        first,
+        0.0,
+        &ProgressBar::hidden(),
+    )
+    .await
+    .unwrap();
 
     // Midway, kill one replica outright.
     tap.events_until(Duration::from_secs(120), |e| {
         e.iter()
             .filter(|e| e["type"] == "wfm.schedule.import.completed")
-            .flat_map(|e| e["data"]["changeIds"].as_array().cloned().unwrap_or_default())
+            .flat_map(|e| {
+                e["data"]["changeIds"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
             .count()
             >= 2_500
     })
     .await;
     replicas[0].kill().unwrap();
     replicas[0].wait().unwrap();
-    publish_all(&ch, &settings.amqp.inbound_exchange, rest, 0.0, &ProgressBar::hidden())
-        .await
-        .unwrap();
+    publish_all(
+        &ch,
+        &settings.amqp.inbound_exchange,
+        rest,
+        0.0,
+        &ProgressBar::hidden(),
+    )
+    .await
+    .unwrap();
 
-    tap.wait_completed(&change_ids, Duration::from_secs(240)).await;
+    tap.wait_completed(&change_ids, Duration::from_secs(240))
+        .await;
     let stats = sim.stats();
     assert_eq!(stats.concurrent_calendar_violations, 0, "{stats:?}");
     assert!(tap.events_of("schedule.import.failed").is_empty());
     for cal in model.calendars() {
-        assert_eq!(actual(&sim.shifts(&cal)), model.expected(&cal), "roster of {cal}");
+        assert_eq!(
+            actual(&sim.shifts(&cal)),
+            model.expected(&cal),
+            "roster of {cal}"
+        );
     }
 
     // Fair shares: every replica imported a real part of the work.
     let mut per_replica: HashMap<String, usize> = HashMap::new();
     for e in tap.events_of("schedule.import.completed") {
-        *per_replica.entry(e["source"].as_str().unwrap().to_owned()).or_default() += 1;
+        *per_replica
+            .entry(e["source"].as_str().unwrap().to_owned())
+            .or_default() += 1;
     }
     let total: usize = per_replica.values().sum();
     for id in &ids[1..] {
-        let n = per_replica.get(&format!("/cxone-schedule-worker/{id}")).copied().unwrap_or(0);
-        assert!(n * 6 >= total, "{id} did {n} of {total} imports: {per_replica:?}");
+        let n = per_replica
+            .get(&format!("/cxone-schedule-worker/{id}"))
+            .copied()
+            .unwrap_or(0);
+        assert!(
+            n * 6 >= total,
+            "{id} did {n} of {total} imports: {per_replica:?}"
+        );
     }
 
     for r in &mut replicas[1..] {
-        let _ = Command::new("kill").args(["-TERM", &r.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &r.id().to_string()])
+            .status();
         let status = r.wait().unwrap();
         assert!(status.success(), "replica exit: {status:?}");
     }
@@ -107,11 +146,19 @@ async fn three_replicas_share_twelve_partitions_and_survive_a_kill() {
     let cleanup = tap.conn.create_channel().await.unwrap();
     for i in 0..12 {
         let _ = cleanup
-            .queue_delete(amqp::partition_queue_name(a, i).as_str().into(), QueueDeleteOptions::default())
+            .queue_delete(
+                amqp::partition_queue_name(a, i).as_str().into(),
+                QueueDeleteOptions::default(),
+            )
             .await;
     }
-    for e in [amqp::partition_exchange_name(a), amqp::members_exchange_name(a)] {
-        let _ = cleanup.exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default()).await;
+    for e in [
+        amqp::partition_exchange_name(a),
+        amqp::members_exchange_name(a),
+    ] {
+        let _ = cleanup
+            .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
     }
     tap.cleanup().await;
     sim.shutdown().await;

@@ -370,7 +370,8 @@ async fn webhook_completes_imports_before_polling() {
     sim.set_webhook(
         Some(format!("http://{}/webhooks/cxone", worker.http_addr)),
         Some("whsec-test".into()),
-    );
+    )
+    .expect("webhook settings are valid");
     tap.publish(&change("w1", "cal-w", &[("a1", &at(15, 8), &at(15, 16))]))
         .await;
     tap.events_until(WAIT, |e| {
@@ -398,7 +399,7 @@ async fn webhook_completes_imports_before_polling() {
         .post(&url)
         .header(
             "X-CXone-Signature",
-            cxone_schedule_worker::http::sign("whsec-test", body.as_bytes()),
+            cxone_schedule_worker::cxone::webhook::sign(b"whsec-test", body.as_bytes()),
         )
         .body(body)
         .send()

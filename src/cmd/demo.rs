@@ -57,6 +57,8 @@ pub enum DemoError {
     Broker(#[from] lapin::Error),
     #[error(transparent)]
     Publish(#[from] super::publish::PublishError),
+    #[error("cannot point the simulator's webhook at the worker: {0}")]
+    Webhook(String),
     #[error("timed out after {0} s with {1} of {2} changes settled; see the worker's log above")]
     Timeout(u64, usize, usize),
 }
@@ -158,7 +160,8 @@ pub async fn run_demo(
     sim.set_webhook(
         Some(format!("http://{}/webhooks/cxone", worker.http_addr)),
         Some(secret),
-    );
+    )
+    .map_err(DemoError::Webhook)?;
 
     let changes = split_changes(SAMPLE_ROSTER);
     let total = changes.len();

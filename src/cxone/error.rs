@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 /// What went wrong talking to CXone, classified for retries.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum CxoneError {
     /// Worth retrying: connect/timeout, 409 calendar busy, 429, 500, 502, 503, 504.
     #[error("CXone {endpoint}: transient failure{}: {message}", status_suffix(*.status))]
@@ -41,6 +41,14 @@ impl CxoneError {
         matches!(self, CxoneError::Transient { .. })
     }
 
+    /// How long the server asked us to wait (`Retry-After`), if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            CxoneError::Transient { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
     pub fn http_status(&self) -> Option<u16> {
         match self {
             CxoneError::Transient { status, .. } | CxoneError::Permanent { status, .. } => *status,
@@ -53,6 +61,13 @@ impl CxoneError {
         match self {
             CxoneError::RetriesExhausted { .. } => "RETRIES_EXHAUSTED",
             CxoneError::Transient { .. } => "CXONE_UNAVAILABLE",
+            // Whatever the token endpoint said (400 invalid_grant, 401
+            // invalid_client, ...), the problem is our credentials.
+            CxoneError::Permanent {
+                endpoint: "token",
+                status: Some(_),
+                ..
+            } => "CXONE_UNAUTHORIZED",
             CxoneError::Permanent {
                 status: Some(400), ..
             } => "CXONE_VALIDATION_FAILED",

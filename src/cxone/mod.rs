@@ -5,9 +5,15 @@
 
 mod client;
 mod error;
+mod pacing;
+pub mod retry;
+mod token;
+mod transport;
+pub mod webhook;
 
 pub use client::CxoneClient;
 pub use error::CxoneError;
+pub use transport::MAX_ERROR_BODY;
 
 use serde::Deserialize;
 

@@ -392,7 +392,7 @@ impl Tap {
     }
 }
 
-pub fn header<'a>(headers: &'a FieldTable, name: &str) -> Option<String> {
+pub fn header(headers: &FieldTable, name: &str) -> Option<String> {
     match headers.inner().get(name)? {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
@@ -427,9 +427,12 @@ pub fn change(change_id: &str, calendar: &str, entries: &[(&str, &str, &str)]) -
 /// The roster AUTO_RESOLVE yields, computed independently of the simulator:
 /// per calendar, entry by entry in publish order, the agent's overlapping
 /// shifts are removed, then the entry is stored.
+/// A stored shift: agent, start and end instants, start and end as written.
+type Shift = (String, i64, i64, String, String);
+
 #[derive(Default)]
 pub struct RosterModel {
-    calendars: HashMap<String, Vec<(String, i64, i64, String, String)>>,
+    calendars: HashMap<String, Vec<Shift>>,
 }
 
 impl RosterModel {
