@@ -5,7 +5,15 @@
 //! [`Rejection`] listing every error found. Nothing downstream re-checks.
 
 mod model;
+mod raw;
+mod sweep;
+mod time;
 mod validate;
 
 pub use model::*;
-pub use validate::{MessageMeta, parse_change, validate_import};
+pub use validate::{
+    MAX_ID_CHARS, MessageMeta, is_json_content_type, parse_change, validate_import,
+};
+
+#[cfg(test)]
+mod tests;
