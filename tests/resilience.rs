@@ -153,8 +153,20 @@ async fn sigterm_flushes_open_batches_and_restart_completes_the_rest() {
     sim.shutdown().await;
 }
 
-/// The management API's view of connections, to close the worker's.
+/// Closes the worker's connections through the management API, waiting for
+/// them to be listed (the API refreshes its view every few seconds).
 async fn close_connection_named(name: &str) -> usize {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let closed = try_close_connection_named(name).await;
+        if closed > 0 || tokio::time::Instant::now() > deadline {
+            return closed;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn try_close_connection_named(name: &str) -> usize {
     let http = reqwest::Client::new();
     let api = "http://127.0.0.1:15672/api/connections";
     let list: serde_json::Value = http
@@ -245,6 +257,18 @@ async fn forced_connection_close_loses_nothing() {
         );
     }
     assert_eq!(sim.stats().concurrent_calendar_violations, 0);
+    let metrics = reqwest::get(format!("http://{}/metrics", worker.http_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let reconnects = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("csw_broker_reconnects_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(reconnects >= 1.0, "the worker reconnected: {reconnects}");
     worker.shutdown();
     worker.wait().await.unwrap();
     assert_eq!(
