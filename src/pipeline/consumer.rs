@@ -142,9 +142,11 @@ async fn subscribe(
             source,
         })?;
     // Prefetch is the only backpressure (lapin buffers without bound), and it
-    // must be applied again on every new channel.
+    // must be applied again on every new channel. It counts per consumer, so
+    // with partitions it is split evenly: the total never exceeds amqp.prefetch.
+    let per_queue = (cfg.prefetch / cfg.amqp.partitions.max(1)).max(1);
     channel
-        .basic_qos(cfg.prefetch, BasicQosOptions::default())
+        .basic_qos(per_queue, BasicQosOptions::default())
         .await
         .map_err(|source| AmqpError::Channel {
             op: "basic.qos",
