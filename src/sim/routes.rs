@@ -2,12 +2,16 @@
 //! `{"error": "...", "message": "..."}` with the status a real API would
 //! give; no input makes a handler panic.
 
+// Handlers return `Result<_, Response>`: the error *is* the reply, built once
+// per refused request; boxing it would only add an allocation.
+#![allow(clippy::result_large_err)]
+
 use std::{sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
     body::{Body, Bytes},
-    extract::{Path, State},
+    extract::{Path, State, rejection::PathRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post, put},
@@ -77,7 +81,7 @@ async fn read_body(body: Body) -> Result<Bytes, Response> {
 }
 
 async fn latency(st: &SimState) {
-    let ms = st.faults().latency_ms;
+    let ms = st.fault(|f| f.latency_ms);
     if ms > 0 {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
@@ -256,14 +260,14 @@ fn gate(st: &SimState, headers: &HeaderMap, scope: &str) -> Result<String, Respo
             "rate_limited",
             format!(
                 "rate limit of {} requests per minute exceeded; retry after {secs} s",
-                st.faults().rate_limit_per_min
+                st.fault(|f| f.rate_limit_per_min)
             ),
         );
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         return Err(r);
     }
-    let rate = st.faults().fail_5xx_rate;
+    let rate = st.fault(|f| f.fail_5xx_rate);
     if rate > 0.0 && rand::random::<f64>() < rate {
         bump(&st.counters.responses5xx);
         return Err(error(
@@ -357,11 +361,18 @@ fn settle(st: &SimState, a: Admission) -> Response {
     }
 }
 
-async fn job(State(st): St, headers: HeaderMap, Path(job_id): Path<String>) -> Response {
+async fn job(
+    State(st): St,
+    headers: HeaderMap,
+    job_id: Result<Path<String>, PathRejection>,
+) -> Response {
     latency(&st).await;
     if let Err(r) = gate(&st, &headers, SCOPE_JOBS_READ) {
         return r;
     }
+    let Ok(Path(job_id)) = job_id else {
+        return bad_path();
+    };
     match st.job(&job_id) {
         Some((status, errors)) => {
             let mut body = json!({"jobId": job_id, "status": status});
@@ -380,8 +391,19 @@ async fn job(State(st): St, headers: HeaderMap, Path(job_id): Path<String>) -> R
 
 // ---- inspection ----
 
-async fn shifts(State(st): St, Path(calendar_id): Path<String>) -> Response {
-    Json(st.shifts(&calendar_id)).into_response()
+async fn shifts(State(st): St, calendar_id: Result<Path<String>, PathRejection>) -> Response {
+    match calendar_id {
+        Ok(Path(id)) => Json(st.shifts(&id)).into_response(),
+        Err(_) => bad_path(),
+    }
+}
+
+fn bad_path() -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "invalid_path",
+        "the id in the path is not valid percent-encoded UTF-8",
+    )
 }
 
 async fn stats(State(st): St) -> Response {

@@ -142,6 +142,11 @@ impl SimState {
         self.faults.read().clone()
     }
 
+    /// One value of the settings without cloning them all (hot paths).
+    pub fn fault<T>(&self, f: impl FnOnce(&Faults) -> T) -> T {
+        f(&self.faults.read())
+    }
+
     pub fn set_faults(&self, patch: FaultsPatch) -> Result<(), String> {
         let mut f = self.faults.write();
         let mut next = f.clone();
