@@ -151,7 +151,9 @@ pub async fn start(settings: Settings) -> Result<AppHandle, AppError> {
     let http_state = HttpState {
         broker_ready: control.ready.clone(),
         client,
-        jobs,
+        jobs: jobs.clone(),
+        relay: outbound.clone(),
+        relay_exchange: crate::amqp::webhook_relay_exchange_name(&settings.amqp),
         webhook_secret: settings.cxone.webhook_secret().map(|s| s.to_owned().into()),
         metrics,
     };
@@ -173,6 +175,7 @@ pub async fn start(settings: Settings) -> Result<AppHandle, AppError> {
         default_mode: settings.cxone.default_validation_mode,
         connection_name: instance_id.clone(),
         source,
+        jobs,
     };
     let stop_consuming = control.stop_consuming.clone();
     let consumer_stopped = control.consumer_stopped.clone();

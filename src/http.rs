@@ -21,11 +21,12 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
 use crate::{
+    amqp::persistent,
     cxone::{
         CxoneClient,
         webhook::{self, WebhookEvent},
     },
-    pipeline::jobs::JobRegistry,
+    pipeline::{jobs::JobRegistry, settle::Outbound},
 };
 
 #[derive(Clone)]
@@ -36,6 +37,9 @@ pub struct HttpState {
     pub jobs: JobRegistry,
     pub webhook_secret: Option<SecretString>,
     pub metrics: PrometheusHandle,
+    /// Where to pass on a webhook for a job another replica follows.
+    pub relay: Outbound,
+    pub relay_exchange: String,
 }
 
 pub fn router(state: HttpState, webhook_max_body: usize) -> Router {
@@ -111,12 +115,27 @@ async fn webhook(
             Json(json!({"accepted": true, "used": false})),
         );
     }
-    let ours = s.jobs.notify(&notice.job_id, notice.status);
-    metrics::counter!("csw_webhooks_total", "result" => if ours { "matched" } else { "unmatched" })
-        .increment(1);
+    if s.jobs.notify(&notice.job_id, notice.status) {
+        metrics::counter!("csw_webhooks_total", "result" => "matched").increment(1);
+        return (
+            StatusCode::OK,
+            Json(json!({"accepted": true, "used": true})),
+        );
+    }
+    // Another replica may follow this job: pass the notice on over the broker.
+    // Best effort: polling remains the fallback, so a broker hiccup is no error.
+    let relayed = tokio::time::timeout(
+        Duration::from_secs(2),
+        s.relay
+            .publish(&s.relay_exchange, "", &body, persistent("application/json")),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    let result = if relayed { "relayed_out" } else { "unmatched" };
+    metrics::counter!("csw_webhooks_total", "result" => result).increment(1);
     (
-        StatusCode::OK,
-        Json(json!({"accepted": true, "used": ours})),
+        StatusCode::ACCEPTED,
+        Json(json!({"accepted": true, "used": false, "relayed": relayed})),
     )
 }
 

@@ -405,7 +405,10 @@ async fn webhook_completes_imports_before_polling() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200);
+    // A job this replica does not follow: accepted and relayed to the others.
+    assert_eq!(r.status(), 202);
+    let reply: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(reply["relayed"], true);
 
     worker.shutdown();
     worker.wait().await.unwrap();
@@ -461,6 +464,66 @@ async fn http_endpoints_answer() {
     assert!(metrics.contains("csw_"), "{metrics}");
     worker.shutdown();
     worker.wait().await.unwrap();
+    tap.cleanup().await;
+    sim.shutdown().await;
+}
+
+/// A webhook that reaches a replica not following the job is relayed over the
+/// broker to the one that does, which completes promptly (its polling is set
+/// too slow to matter here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_for_another_replica_is_relayed_to_the_owner() {
+    let sim = sim(fast_sim()).await;
+    let owner_settings = settings(
+        "relay",
+        &sim.base_url(),
+        &[
+            ("CXONE_WEBHOOK_SECRET", "whsec-relay"),
+            ("CSW__IMPORTS__POLL_INITIAL_MS", "600000"),
+            ("CSW__IMPORTS__POLL_MAX_MS", "600000"),
+        ],
+    );
+    let mut tap = Tap::new(&owner_settings).await;
+    // The other replica shares the events side but consumes another queue, so
+    // it never owns an import.
+    let mut other_settings = owner_settings.clone();
+    other_settings.amqp.inbound_queue = format!("{}.other", owner_settings.amqp.inbound_queue);
+    other_settings.worker.instance_id = format!("{}-other", owner_settings.worker.instance_id);
+    let owner = app::start(owner_settings.clone()).await.unwrap();
+    let other = app::start(other_settings.clone()).await.unwrap();
+    sim.set_webhook(
+        Some(format!("http://{}/webhooks/cxone", other.http_addr)),
+        Some("whsec-relay".into()),
+    )
+    .unwrap();
+    tap.publish(&change("rl1", "cal-rl", &[("a1", &at(15, 8), &at(15, 16))]))
+        .await;
+    tap.wait_completed(&["rl1".to_owned()], WAIT).await;
+    let completed = tap.events_of("schedule.import.completed");
+    assert_eq!(
+        completed[0]["source"],
+        format!("/cxone-schedule-worker/{}", owner.instance_id),
+        "the owner completed it"
+    );
+    for w in [owner, other] {
+        w.shutdown();
+        w.wait().await.unwrap();
+    }
+    let ch = tap.conn.create_channel().await.unwrap();
+    let _ = ch
+        .queue_delete(
+            other_settings.amqp.inbound_queue.as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await;
+    let _ = ch
+        .exchange_delete(
+            cxone_schedule_worker::amqp::webhook_relay_exchange_name(&owner_settings.amqp)
+                .as_str()
+                .into(),
+            lapin::options::ExchangeDeleteOptions::default(),
+        )
+        .await;
     tap.cleanup().await;
     sim.shutdown().await;
 }

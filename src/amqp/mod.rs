@@ -11,6 +11,7 @@ mod topology;
 pub use acks::AckTracker;
 pub use topology::{
     declare_topology, members_exchange_name, partition_exchange_name, partition_queue_name,
+    webhook_relay_exchange_name,
 };
 
 use std::time::Duration;

@@ -27,6 +27,12 @@ pub fn members_exchange_name(settings: &AmqpSettings) -> String {
     format!("{}.members", settings.inbound_exchange)
 }
 
+/// The fanout exchange on which a replica passes on a CXone webhook for a job
+/// it does not follow, so the replica that does can finish the import promptly.
+pub fn webhook_relay_exchange_name(settings: &AmqpSettings) -> String {
+    format!("{}.webhook-relay", settings.events_exchange)
+}
+
 /// Declares every exchange, queue and binding the worker relies on. Safe to
 /// run from any number of processes at once: declarations are idempotent.
 /// Returns the queues to consume from.
@@ -73,6 +79,14 @@ pub async fn declare_topology(ch: &Channel, s: &AmqpSettings) -> Result<Vec<Stri
         ExchangeKind::Topic,
         durable,
         events_args,
+    )
+    .await?;
+    exchange(
+        ch,
+        &webhook_relay_exchange_name(s),
+        ExchangeKind::Fanout,
+        durable,
+        FieldTable::default(),
     )
     .await?;
 

@@ -31,12 +31,14 @@ use super::{
     InboundMessage,
     coordinator::{Accepted, Input},
     events,
+    jobs::JobRegistry,
     membership::{HEARTBEAT, Members},
     settle::Outbound,
 };
 use crate::{
     amqp::{self, AckTracker, AmqpError, Publisher, header_str},
     config::{AmqpSettings, Limits},
+    cxone::webhook::WebhookEvent,
     domain::{self, MessageMeta, Rejection, ValidationMode},
 };
 
@@ -49,6 +51,8 @@ pub struct ConsumerConfig {
     pub connection_name: String,
     /// CloudEvents `source` for rejection events.
     pub source: String,
+    /// Jobs this replica follows: webhook notices relayed by other replicas land here.
+    pub jobs: JobRegistry,
 }
 
 /// Signals between the connection manager and the rest of the app.
@@ -201,11 +205,14 @@ async fn session(
     let partitioned = queues.len() > 1;
     let mut members = Members::new(&cfg.connection_name);
     let mut member_stream = if partitioned {
-        Some(membership_stream(&setup, &cfg.amqp).await?)
+        Some(fanout_stream(&setup, &amqp::members_exchange_name(&cfg.amqp)).await?)
     } else {
         None
     };
     let members_exchange = amqp::members_exchange_name(&cfg.amqp);
+    // Webhooks that reached another replica for a job this one follows.
+    let mut relay_stream =
+        Some(fanout_stream(&setup, &amqp::webhook_relay_exchange_name(&cfg.amqp)).await?);
     // Gather a view of the other replicas before claiming partitions, to
     // avoid grabbing everything and handing most of it back a second later.
     let claim_after = Instant::now()
@@ -245,11 +252,24 @@ async fn session(
                 }
                 None => {}
             },
-            notice = next_member(&mut member_stream), if member_stream.is_some() => match notice {
+            notice = next_of(&mut member_stream), if member_stream.is_some() => match notice {
                 Some(Ok(d)) => {
                     if let Ok(hb) = serde_json::from_slice::<Heartbeat>(&d.data) {
                         let now = Instant::now();
                         rebalance_due |= if hb.leaving { members.left(&hb.instance) } else { members.heard(&hb.instance, now) };
+                    }
+                }
+                _ => {
+                    close_quietly(&conn).await;
+                    return Ok(SessionEnd::Lost);
+                }
+            },
+            relayed = next_of(&mut relay_stream) => match relayed {
+                Some(Ok(d)) => {
+                    if let Ok(notice) = serde_json::from_slice::<WebhookEvent>(&d.data)
+                        && cfg.jobs.notify(&notice.job_id, notice.status)
+                    {
+                        metrics::counter!("csw_webhooks_total", "result" => "relayed_in").increment(1);
                     }
                 }
                 _ => {
@@ -346,11 +366,8 @@ async fn session(
     }
 }
 
-async fn membership_stream(
-    ch: &Channel,
-    amqp_settings: &AmqpSettings,
-) -> Result<lapin::Consumer, AmqpError> {
-    let exchange = amqp::members_exchange_name(amqp_settings);
+/// A private, auto-deleted queue bound to a fanout exchange, consumed without acks.
+async fn fanout_stream(ch: &Channel, exchange: &str) -> Result<lapin::Consumer, AmqpError> {
     let q = ch
         .queue_declare(
             "".into(),
@@ -368,14 +385,14 @@ async fn membership_stream(
         })?;
     ch.queue_bind(
         q.name().clone(),
-        exchange.as_str().into(),
+        exchange.into(),
         "".into(),
         QueueBindOptions::default(),
         FieldTable::default(),
     )
     .await
     .map_err(|source| AmqpError::Channel {
-        op: "binding the membership queue",
+        op: "binding a private fanout queue",
         source,
     })?;
     ch.basic_consume(
@@ -389,7 +406,7 @@ async fn membership_stream(
     )
     .await
     .map_err(|source| AmqpError::Channel {
-        op: "consuming membership notices",
+        op: "consuming a private fanout queue",
         source,
     })
 }
@@ -411,7 +428,7 @@ async fn send_heartbeat(ch: &Channel, exchange: &str, me: &str, leaving: bool) {
         .await;
 }
 
-async fn next_member(
+async fn next_of(
     stream: &mut Option<lapin::Consumer>,
 ) -> Option<lapin::Result<lapin::message::Delivery>> {
     match stream {

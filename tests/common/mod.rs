@@ -378,11 +378,13 @@ impl Tap {
                 .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
                 .await;
         }
+        let relay = amqp::webhook_relay_exchange_name(a);
         for e in [
             &a.inbound_exchange,
             &a.dead_letter_exchange,
             &a.events_exchange,
             &a.unrouted_events_queue,
+            &relay,
         ] {
             let _ = ch
                 .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
