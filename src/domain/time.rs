@@ -55,24 +55,42 @@ impl fmt::Display for DtError {
 /// of microseconds, so no arithmetic here can overflow.
 pub(crate) fn parse_rfc3339_micros(s: &str) -> Result<i64, DtError> {
     let b = s.as_bytes();
+    // One slice pattern: a single length check, no per-byte bounds checks.
+    let [
+        y0,
+        y1,
+        y2,
+        y3,
+        b'-',
+        mo0,
+        mo1,
+        b'-',
+        d0,
+        d1,
+        b'T' | b't',
+        h0,
+        h1,
+        b':',
+        mi0,
+        mi1,
+        b':',
+        s0,
+        s1,
+        ..,
+    ] = *b
+    else {
+        return Err(DtError::Syntax);
+    };
     let (Some(year), Some(month), Some(day), Some(hour), Some(minute), Some(second)) = (
-        digits(b, 0, 4),
-        digits(b, 5, 2),
-        digits(b, 8, 2),
-        digits(b, 11, 2),
-        digits(b, 14, 2),
-        digits(b, 17, 2),
+        num(&[y0, y1, y2, y3]),
+        num(&[mo0, mo1]),
+        num(&[d0, d1]),
+        num(&[h0, h1]),
+        num(&[mi0, mi1]),
+        num(&[s0, s1]),
     ) else {
         return Err(DtError::Syntax);
     };
-    if b.get(4) != Some(&b'-')
-        || b.get(7) != Some(&b'-')
-        || !matches!(b.get(10), Some(b'T' | b't'))
-        || b.get(13) != Some(&b':')
-        || b.get(16) != Some(&b':')
-    {
-        return Err(DtError::Syntax);
-    }
 
     let mut i = 19;
     let mut micros: i64 = 0;
@@ -140,12 +158,16 @@ pub(crate) fn parse_rfc3339_micros(s: &str) -> Result<i64, DtError> {
     Ok(seconds * 1_000_000 + micros)
 }
 
-/// `n` ASCII digits at `at` as a number, or `None`.
-fn digits(b: &[u8], at: usize, n: usize) -> Option<u32> {
-    let slice = b.get(at..at.checked_add(n)?)?;
-    slice.iter().try_fold(0u32, |acc, &c| {
+/// ASCII digits as a number, or `None`.
+fn num(digits: &[u8]) -> Option<u32> {
+    digits.iter().try_fold(0u32, |acc, &c| {
         c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
     })
+}
+
+/// `n` ASCII digits at `at` as a number, or `None`.
+fn digits(b: &[u8], at: usize, n: usize) -> Option<u32> {
+    num(b.get(at..at.checked_add(n)?)?)
 }
 
 fn is_leap(year: i64) -> bool {
