@@ -16,4 +16,6 @@ pub use validate::{
 };
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
