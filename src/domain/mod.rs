@@ -12,7 +12,7 @@ mod validate;
 
 pub use model::*;
 pub use validate::{
-    MAX_ID_CHARS, MessageMeta, is_json_content_type, parse_change, validate_import,
+    MAX_ERRORS, MAX_ID_CHARS, MessageMeta, is_json_content_type, parse_change, validate_import,
 };
 
 #[cfg(test)]

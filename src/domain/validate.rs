@@ -280,20 +280,32 @@ fn not_object(kind: &Kind) -> ValidationError {
     }
 }
 
+/// Most errors reported for one change or payload. A legitimate change of
+/// 1000 entries stays far below it; a hostile megabyte of `{}` breaks would
+/// otherwise produce hundreds of thousands of errors (and a rejection event
+/// of a hundred megabytes). Checking stops once it is reached.
+pub const MAX_ERRORS: usize = 10_000;
+
 #[derive(Default)]
 struct Errors(Vec<ValidationError>);
 
 impl Errors {
     fn push(&mut self, code: ErrorCode, path: String, message: String) {
-        self.0.push(ValidationError {
-            code,
-            path,
-            message,
-        });
+        if self.0.len() < MAX_ERRORS {
+            self.0.push(ValidationError {
+                code,
+                path,
+                message,
+            });
+        }
     }
 
     fn len(&self) -> usize {
         self.0.len()
+    }
+
+    fn is_full(&self) -> bool {
+        self.0.len() >= MAX_ERRORS
     }
 
     fn missing(&mut self, path: String, name: &str, expected: &str) {
@@ -620,11 +632,22 @@ fn check_entry_list<'d>(
 
     let entries = doc.arenas.entries.get(stored.clone()).unwrap_or_default();
     let mut scratch = Scratch::default();
-    let facts: Vec<EntryFacts<'d>> = entries
-        .iter()
-        .enumerate()
-        .map(|(i, item)| check_entry(doc, prefix, i, item, limits, &mut scratch, errs))
-        .collect();
+    let mut facts: Vec<EntryFacts<'d>> = Vec::with_capacity(entries.len());
+    for (i, item) in entries.iter().enumerate() {
+        if errs.is_full() {
+            // Nothing more can be reported; the change is rejected anyway.
+            return None;
+        }
+        facts.push(check_entry(
+            doc,
+            prefix,
+            i,
+            item,
+            limits,
+            &mut scratch,
+            errs,
+        ));
+    }
     check_shift_overlaps(entries, &facts, prefix, errs);
     Some(EntriesOutcome { facts, stored })
 }
@@ -801,6 +824,9 @@ fn check_breaks(
 ) {
     let items = sub_items(&e.breaks, &doc.arenas.breaks, prefix, i, "breaks", errs);
     for (j, item) in items.iter().enumerate() {
+        if errs.is_full() {
+            return;
+        }
         let b: &RawBreak<'_> = match item {
             Item::Obj(b) => b,
             Item::Wrong(kind) => {
@@ -937,6 +963,9 @@ fn check_overrides(
     const LIST: &str = "availabilityOverrides";
     let items = sub_items(&e.overrides, &doc.arenas.overrides, prefix, i, LIST, errs);
     for (j, item) in items.iter().enumerate() {
+        if errs.is_full() {
+            return;
+        }
         let o: &RawOverride<'_> = match item {
             Item::Obj(o) => o,
             Item::Wrong(kind) => {
