@@ -768,12 +768,17 @@ fn check_agent_id<'a>(
         errs.wrong_type(path(), "agentId", v, EXPECTED);
         return None;
     };
-    let chars = s.chars().count();
+    // The ASCII fast path matters: this runs for every entry.
+    let (chars, control) = if s.is_ascii() {
+        (s.len(), s.bytes().any(|b| b.is_ascii_control()))
+    } else {
+        (s.chars().count(), s.chars().any(char::is_control))
+    };
     let problem = if s.is_empty() {
         "agentId is empty".to_owned()
     } else if chars > MAX_ID_CHARS {
         format!("agentId is {chars} characters long")
-    } else if s.chars().any(char::is_control) {
+    } else if control {
         format!("agentId {} contains a control character", show_str(s))
     } else {
         return Some(s);
