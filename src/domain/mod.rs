@@ -12,8 +12,10 @@ mod validate;
 
 pub use model::*;
 pub use validate::{
-    MAX_ID_CHARS, MessageMeta, is_json_content_type, parse_change, validate_import,
+    MAX_ERRORS, MAX_ID_CHARS, MessageMeta, is_json_content_type, parse_change, validate_import,
 };
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;

@@ -226,7 +226,14 @@ pub(crate) fn parse_doc(
     shape: Shape,
     max_entries: usize,
 ) -> Result<Doc<'_>, serde_json::Error> {
-    let mut arenas = Arenas::default();
+    // Sized up front from the body so the arenas rarely reallocate; the
+    // guess (an entry takes a few hundred bytes) is capped by the entry limit.
+    let guess = (text.len() / 256).min(max_entries).min(4096);
+    let mut arenas = Arenas {
+        entries: Vec::with_capacity(guess),
+        breaks: Vec::with_capacity(guess),
+        overrides: Vec::with_capacity(guess),
+    };
     let mut de = serde_json::Deserializer::from_str(text);
     let root = RootSeed {
         shape,

@@ -1460,3 +1460,14 @@ fn import_has_no_entry_limit_and_no_capacity_minimum() {
     v["minimumCapacityMinutes"] = json!(1_000_000);
     assert!(validate_import(&serde_json::to_vec(&v).unwrap(), &small).is_ok());
 }
+
+#[test]
+fn hostile_input_gets_a_bounded_error_list() {
+    let breaks = vec!["{}"; 200_000].join(",");
+    let body = format!(
+        r#"{{"calendarId":"c","entries":[{{"agentId":"a","startDateTime":"2024-01-15T08:00:00Z","endDateTime":"2024-01-15T16:00:00Z","breaks":[{breaks}]}}]}}"#
+    );
+    let r = parse_with(body.as_bytes(), &MessageMeta::default(), &limits()).unwrap_err();
+    assert_eq!(r.errors.len(), MAX_ERRORS);
+    assert_eq!(r.errors[0].path, "/entries/0/breaks/0/startOffsetMinutes");
+}

@@ -55,24 +55,44 @@ impl fmt::Display for DtError {
 /// of microseconds, so no arithmetic here can overflow.
 pub(crate) fn parse_rfc3339_micros(s: &str) -> Result<i64, DtError> {
     let b = s.as_bytes();
-    let (Some(year), Some(month), Some(day), Some(hour), Some(minute), Some(second)) = (
-        digits(b, 0, 4),
-        digits(b, 5, 2),
-        digits(b, 8, 2),
-        digits(b, 11, 2),
-        digits(b, 14, 2),
-        digits(b, 17, 2),
+    // One slice pattern: a single length check, no per-byte bounds checks.
+    let [
+        y0,
+        y1,
+        y2,
+        y3,
+        b'-',
+        mo0,
+        mo1,
+        b'-',
+        d0,
+        d1,
+        b'T' | b't',
+        h0,
+        h1,
+        b':',
+        mi0,
+        mi1,
+        b':',
+        s0,
+        s1,
+        ..,
+    ] = *b
+    else {
+        return Err(DtError::Syntax);
+    };
+    let (Some(century), Some(yy), Some(month), Some(day), Some(hour), Some(minute), Some(second)) = (
+        two(y0, y1),
+        two(y2, y3),
+        two(mo0, mo1),
+        two(d0, d1),
+        two(h0, h1),
+        two(mi0, mi1),
+        two(s0, s1),
     ) else {
         return Err(DtError::Syntax);
     };
-    if b.get(4) != Some(&b'-')
-        || b.get(7) != Some(&b'-')
-        || !matches!(b.get(10), Some(b'T' | b't'))
-        || b.get(13) != Some(&b':')
-        || b.get(16) != Some(&b':')
-    {
-        return Err(DtError::Syntax);
-    }
+    let year = century * 100 + yy;
 
     let mut i = 19;
     let mut micros: i64 = 0;
@@ -85,12 +105,13 @@ pub(crate) fn parse_rfc3339_micros(s: &str) -> Result<i64, DtError> {
             }
             i += 1;
         }
-        if i == frac_start {
+        let n = i - frac_start;
+        if n == 0 {
             return Err(DtError::Syntax);
         }
-        for _ in (i - frac_start)..6 {
-            micros *= 10;
-        }
+        // Scale n < 6 digits up to microseconds; six or more already are.
+        const SCALE: [i64; 5] = [100_000, 10_000, 1_000, 100, 10];
+        micros *= SCALE.get(n - 1).copied().unwrap_or(1);
     }
 
     let offset_seconds: i64 = match b.get(i) {
@@ -100,10 +121,13 @@ pub(crate) fn parse_rfc3339_micros(s: &str) -> Result<i64, DtError> {
             0
         }
         Some(&sign @ (b'+' | b'-')) => {
-            let (Some(oh), Some(om)) = (digits(b, i + 1, 2), digits(b, i + 4, 2)) else {
+            let Some(&[h0, h1, b':', m0, m1]) = b.get(i + 1..i + 6) else {
                 return Err(DtError::Offset);
             };
-            if b.get(i + 3) != Some(&b':') || oh > 23 || om > 59 {
+            let (Some(oh), Some(om)) = (two(h0, h1), two(m0, m1)) else {
+                return Err(DtError::Offset);
+            };
+            if oh > 23 || om > 59 {
                 return Err(DtError::Offset);
             }
             i += 6;
@@ -140,12 +164,11 @@ pub(crate) fn parse_rfc3339_micros(s: &str) -> Result<i64, DtError> {
     Ok(seconds * 1_000_000 + micros)
 }
 
-/// `n` ASCII digits at `at` as a number, or `None`.
-fn digits(b: &[u8], at: usize, n: usize) -> Option<u32> {
-    let slice = b.get(at..at.checked_add(n)?)?;
-    slice.iter().try_fold(0u32, |acc, &c| {
-        c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
-    })
+/// Two ASCII digits as a number, or `None`.
+#[inline]
+fn two(a: u8, b: u8) -> Option<u32> {
+    let (a, b) = (a.wrapping_sub(b'0'), b.wrapping_sub(b'0'));
+    (a < 10 && b < 10).then(|| u32::from(a) * 10 + u32::from(b))
 }
 
 fn is_leap(year: i64) -> bool {

@@ -88,7 +88,7 @@ pub fn parse_change(
         return Err(reject(body, meta, change_id, calendar_id, errs));
     }
     let occurred_at = check_occurred_at(&top.occurred_at, &mut errs);
-    let source = check_optional_string(&top.source, "/source", "source", &mut errs);
+    let source = check_optional_string(&top.source, || "/source".to_owned(), "source", &mut errs);
     let mode = check_mode(&top.validation_mode, "/validationMode", false, &mut errs)
         .unwrap_or(default_mode);
     let resolution = check_resolution(
@@ -280,20 +280,32 @@ fn not_object(kind: &Kind) -> ValidationError {
     }
 }
 
+/// Most errors reported for one change or payload. A legitimate change of
+/// 1000 entries stays far below it; a hostile megabyte of `{}` breaks would
+/// otherwise produce hundreds of thousands of errors (and a rejection event
+/// of a hundred megabytes). Checking stops once it is reached.
+pub const MAX_ERRORS: usize = 10_000;
+
 #[derive(Default)]
 struct Errors(Vec<ValidationError>);
 
 impl Errors {
     fn push(&mut self, code: ErrorCode, path: String, message: String) {
-        self.0.push(ValidationError {
-            code,
-            path,
-            message,
-        });
+        if self.0.len() < MAX_ERRORS {
+            self.0.push(ValidationError {
+                code,
+                path,
+                message,
+            });
+        }
     }
 
     fn len(&self) -> usize {
         self.0.len()
+    }
+
+    fn is_full(&self) -> bool {
+        self.0.len() >= MAX_ERRORS
     }
 
     fn missing(&mut self, path: String, name: &str, expected: &str) {
@@ -400,12 +412,12 @@ fn check_occurred_at<'a>(v: &'a Scalar<'_>, errs: &mut Errors) -> Option<&'a str
     if v.is_unset() {
         return None;
     }
-    check_datetime(v, "/occurredAt".to_owned(), "occurredAt", errs).map(|(s, _)| s)
+    check_datetime(v, || "/occurredAt".to_owned(), "occurredAt", errs).map(|(s, _)| s)
 }
 
 fn check_optional_string<'a>(
     v: &'a Scalar<'_>,
-    path: &str,
+    path: impl Fn() -> String,
     name: &str,
     errs: &mut Errors,
 ) -> Option<&'a str> {
@@ -414,7 +426,7 @@ fn check_optional_string<'a>(
     }
     let s = v.as_str();
     if s.is_none() {
-        errs.wrong_type(path.to_owned(), name, v, "a string");
+        errs.wrong_type(path(), name, v, "a string");
     }
     s
 }
@@ -507,17 +519,17 @@ fn check_minimum_capacity(v: &Scalar<'_>, errs: &mut Errors) -> Option<u64> {
 /// A required or optional date-time string: its text and instant (µs).
 fn check_datetime<'a>(
     v: &'a Scalar<'_>,
-    path: String,
+    path: impl Fn() -> String,
     name: &str,
     errs: &mut Errors,
 ) -> Option<(&'a str, i64)> {
     let expected = "an RFC 3339 date-time string";
     if v.is_unset() {
-        errs.missing(path, name, expected);
+        errs.missing(path(), name, expected);
         return None;
     }
     let Some(s) = v.as_str() else {
-        errs.wrong_type(path, name, v, expected);
+        errs.wrong_type(path(), name, v, expected);
         return None;
     };
     match time::parse_rfc3339_micros(s) {
@@ -525,7 +537,7 @@ fn check_datetime<'a>(
         Err(e) => {
             errs.push(
                 ErrorCode::InvalidDatetime,
-                path,
+                path(),
                 format!(
                     "{name} {} is not an RFC 3339 date-time: {e}; expected {EXPECTED_FORMAT}",
                     show_str(s)
@@ -620,11 +632,22 @@ fn check_entry_list<'d>(
 
     let entries = doc.arenas.entries.get(stored.clone()).unwrap_or_default();
     let mut scratch = Scratch::default();
-    let facts: Vec<EntryFacts<'d>> = entries
-        .iter()
-        .enumerate()
-        .map(|(i, item)| check_entry(doc, prefix, i, item, limits, &mut scratch, errs))
-        .collect();
+    let mut facts: Vec<EntryFacts<'d>> = Vec::with_capacity(entries.len());
+    for (i, item) in entries.iter().enumerate() {
+        if errs.is_full() {
+            // Nothing more can be reported; the change is rejected anyway.
+            return None;
+        }
+        facts.push(check_entry(
+            doc,
+            prefix,
+            i,
+            item,
+            limits,
+            &mut scratch,
+            errs,
+        ));
+    }
     check_shift_overlaps(entries, &facts, prefix, errs);
     Some(EntriesOutcome { facts, stored })
 }
@@ -679,13 +702,13 @@ fn check_entry<'d>(
     facts.agent = check_agent_id(&e.agent_id, prefix, i, errs);
     let start = check_datetime(
         &e.start,
-        entry_path(prefix, i, "/startDateTime"),
+        || entry_path(prefix, i, "/startDateTime"),
         "startDateTime",
         errs,
     );
     let end = check_datetime(
         &e.end,
-        entry_path(prefix, i, "/endDateTime"),
+        || entry_path(prefix, i, "/endDateTime"),
         "endDateTime",
         errs,
     );
@@ -745,12 +768,17 @@ fn check_agent_id<'a>(
         errs.wrong_type(path(), "agentId", v, EXPECTED);
         return None;
     };
-    let chars = s.chars().count();
+    // The ASCII fast path matters: this runs for every entry.
+    let (chars, control) = if s.is_ascii() {
+        (s.len(), s.bytes().any(|b| b.is_ascii_control()))
+    } else {
+        (s.chars().count(), s.chars().any(char::is_control))
+    };
     let problem = if s.is_empty() {
         "agentId is empty".to_owned()
     } else if chars > MAX_ID_CHARS {
         format!("agentId is {chars} characters long")
-    } else if s.chars().any(char::is_control) {
+    } else if control {
         format!("agentId {} contains a control character", show_str(s))
     } else {
         return Some(s);
@@ -801,6 +829,9 @@ fn check_breaks(
 ) {
     let items = sub_items(&e.breaks, &doc.arenas.breaks, prefix, i, "breaks", errs);
     for (j, item) in items.iter().enumerate() {
+        if errs.is_full() {
+            return;
+        }
         let b: &RawBreak<'_> = match item {
             Item::Obj(b) => b,
             Item::Wrong(kind) => {
@@ -814,13 +845,13 @@ fn check_breaks(
         };
         let offset = check_minutes(
             &b.start_offset_minutes,
-            item_path(prefix, i, "breaks", j, "/startOffsetMinutes"),
+            || item_path(prefix, i, "breaks", j, "/startOffsetMinutes"),
             "startOffsetMinutes",
             errs,
         );
         let duration = check_minutes(
             &b.duration_minutes,
-            item_path(prefix, i, "breaks", j, "/durationMinutes"),
+            || item_path(prefix, i, "breaks", j, "/durationMinutes"),
             "durationMinutes",
             errs,
         )
@@ -901,16 +932,21 @@ fn minute_range(items: &[Item<RawBreak<'_>>], j: usize) -> Option<(i64, i128)> {
 }
 
 /// A break's minute field: present and an integer.
-fn check_minutes(v: &Scalar<'_>, path: String, name: &str, errs: &mut Errors) -> Option<i64> {
+fn check_minutes(
+    v: &Scalar<'_>,
+    path: impl Fn() -> String,
+    name: &str,
+    errs: &mut Errors,
+) -> Option<i64> {
     if v.is_unset() {
-        errs.missing(path, name, "an integer number of minutes");
+        errs.missing(path(), name, "an integer number of minutes");
         return None;
     }
     let n = v.as_integer();
     if n.is_none() {
         errs.push(
             ErrorCode::InvalidField,
-            path,
+            path(),
             format!(
                 "{name} {} is not an integer; expected an integer number of minutes",
                 v.shown()
@@ -932,6 +968,9 @@ fn check_overrides(
     const LIST: &str = "availabilityOverrides";
     let items = sub_items(&e.overrides, &doc.arenas.overrides, prefix, i, LIST, errs);
     for (j, item) in items.iter().enumerate() {
+        if errs.is_full() {
+            return;
+        }
         let o: &RawOverride<'_> = match item {
             Item::Obj(o) => o,
             Item::Wrong(kind) => {
@@ -943,10 +982,10 @@ fn check_overrides(
                 continue;
             }
         };
-        let kind = check_override_type(&o.kind, item_path(prefix, i, LIST, j, "/type"), errs);
+        let kind = check_override_type(&o.kind, || item_path(prefix, i, LIST, j, "/type"), errs);
         check_optional_string(
             &o.reason,
-            &item_path(prefix, i, LIST, j, "/reason"),
+            || item_path(prefix, i, LIST, j, "/reason"),
             "reason",
             errs,
         );
@@ -962,7 +1001,7 @@ fn check_overrides(
                 let given_value = if o.end.is_unset() { &o.start } else { &o.end };
                 check_datetime(
                     given_value,
-                    item_path(prefix, i, LIST, j, &format!("/{given}")),
+                    || item_path(prefix, i, LIST, j, &format!("/{given}")),
                     given,
                     errs,
                 );
@@ -978,12 +1017,16 @@ fn check_overrides(
             (false, false) => {
                 let start = check_datetime(
                     &o.start,
-                    item_path(prefix, i, LIST, j, "/start"),
+                    || item_path(prefix, i, LIST, j, "/start"),
                     "start",
                     errs,
                 );
-                let end =
-                    check_datetime(&o.end, item_path(prefix, i, LIST, j, "/end"), "end", errs);
+                let end = check_datetime(
+                    &o.end,
+                    || item_path(prefix, i, LIST, j, "/end"),
+                    "end",
+                    errs,
+                );
                 match (start, end) {
                     (Some((start_text, s)), Some((end_text, en))) if en <= s => {
                         errs.push(
@@ -1049,10 +1092,14 @@ fn override_text(items: &[Item<RawOverride<'_>>], j: usize) -> String {
     }
 }
 
-fn check_override_type(v: &Scalar<'_>, path: String, errs: &mut Errors) -> Option<OverrideType> {
+fn check_override_type(
+    v: &Scalar<'_>,
+    path: impl Fn() -> String,
+    errs: &mut Errors,
+) -> Option<OverrideType> {
     const EXPECTED: &str = "\"UNAVAILABLE\", \"AVAILABLE\" or \"PARTIAL\"";
     if v.is_unset() {
-        errs.missing(path, "type", EXPECTED);
+        errs.missing(path(), "type", EXPECTED);
         return None;
     }
     match v.as_str() {
@@ -1062,7 +1109,7 @@ fn check_override_type(v: &Scalar<'_>, path: String, errs: &mut Errors) -> Optio
         Some(s) => {
             errs.push(
                 ErrorCode::InvalidOverrideType,
-                path,
+                path(),
                 format!(
                     "override type {} is not known; expected {EXPECTED}",
                     show_str(s)
@@ -1071,7 +1118,7 @@ fn check_override_type(v: &Scalar<'_>, path: String, errs: &mut Errors) -> Optio
             None
         }
         None => {
-            errs.wrong_type(path, "type", v, EXPECTED);
+            errs.wrong_type(path(), "type", v, EXPECTED);
             None
         }
     }
