@@ -62,6 +62,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The demo's progress bar and summary are the point; worker logs would
+    // drown them unless asked for.
+    let mut settings = settings;
+    if matches!(cli.command, Command::Demo(_))
+        && std::env::var_os("RUST_LOG").is_none()
+        && std::env::var_os("CSW__TELEMETRY__LOG_LEVEL").is_none()
+    {
+        settings.telemetry.log_level = "warn".into();
+    }
     if let Command::Validate { files } = &cli.command {
         let code = cmd::validate::run(files, &settings, &mut std::io::stdout().lock());
         return ExitCode::from(code as u8);

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use crate::{
     amqp, app,
-    cmd::publish::{publish_all, split_changes},
+    cmd::{publish::publish_all, validate::split_changes},
     config::{AmqpSettings, Settings},
     sim::{SimConfig, SimServer},
 };

@@ -10,6 +10,7 @@ use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions},
 };
 
+use super::validate::split_changes;
 use crate::{amqp, config::Settings};
 
 #[derive(Clone, Debug, clap::Args)]
@@ -43,34 +44,6 @@ pub enum PublishError {
     Refused(usize),
 }
 
-/// Splits a file's content into changes: a JSON array's elements, one JSON
-/// value, or NDJSON lines. Each change keeps its exact bytes; bytes that are
-/// not JSON stay a change of their own (the worker is the one to reject them).
-pub fn split_changes(content: &[u8]) -> Vec<&[u8]> {
-    let trimmed = content.trim_ascii();
-    if trimmed.first() == Some(&b'[')
-        && let Ok(items) = serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(trimmed)
-    {
-        return items
-            .into_iter()
-            .map(|raw| {
-                let s = raw.get().as_bytes();
-                // RawValue borrows from `trimmed`; find its position to return a sub-slice.
-                let start = s.as_ptr() as usize - trimmed.as_ptr() as usize;
-                &trimmed[start..start + s.len()]
-            })
-            .collect();
-    }
-    if serde_json::from_slice::<serde::de::IgnoredAny>(trimmed).is_ok() {
-        return vec![trimmed];
-    }
-    content
-        .split(|&b| b == b'\n')
-        .map(<[u8]>::trim_ascii)
-        .filter(|l| !l.is_empty())
-        .collect()
-}
-
 /// What `publish` reads from a change to address it.
 fn address(change: &[u8]) -> (String, Option<String>) {
     #[derive(serde::Deserialize)]
@@ -81,20 +54,27 @@ fn address(change: &[u8]) -> (String, Option<String>) {
     }
     match serde_json::from_slice::<Head>(change) {
         Ok(h) => (
-            h.calendar_id
-                .as_ref()
-                .and_then(|v| v.as_str())
-                .unwrap_or("")
-                .chars()
-                .take(255)
-                .collect(),
-            h.change_id
-                .as_ref()
-                .and_then(|v| v.as_str())
-                .map(|s| s.chars().take(255).collect()),
+            short(
+                h.calendar_id
+                    .as_ref()
+                    .and_then(|v| v.as_str())
+                    .unwrap_or(""),
+            ),
+            h.change_id.as_ref().and_then(|v| v.as_str()).map(short),
         ),
         Err(_) => (String::new(), None),
     }
+}
+
+/// AMQP short strings (routing key, `message_id`) hold at most 255 bytes: a
+/// longer value is cut at a character boundary (the worker rejects such a
+/// change anyway, by its body).
+fn short(s: &str) -> String {
+    let mut end = s.len().min(255);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
 }
 
 pub async fn run(args: PublishArgs, settings: &Settings) -> anyhow::Result<()> {
@@ -217,19 +197,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn splits_arrays_objects_and_ndjson() {
-        assert_eq!(
-            split_changes(br#"[{"a":1}, {"b":2}]"#),
-            vec![&br#"{"a":1}"#[..], br#"{"b":2}"#]
-        );
-        assert_eq!(split_changes(b" {\"a\":1}\n"), vec![&b"{\"a\":1}"[..]]);
-        assert_eq!(
-            split_changes(b"{\"a\":1}\nnot json\n\n{\"b\":2}\n"),
-            vec![&b"{\"a\":1}"[..], b"not json", b"{\"b\":2}"]
-        );
-    }
-
-    #[test]
     fn addresses_by_calendar_and_change_id() {
         assert_eq!(
             address(br#"{"calendarId":"cal-1","changeId":"c-9"}"#),
@@ -237,5 +204,7 @@ mod tests {
         );
         assert_eq!(address(b"garbage"), (String::new(), None));
         assert_eq!(address(br#"{"calendarId":7}"#), (String::new(), None));
+        let long = format!(r#"{{"changeId":"{}"}}"#, "é".repeat(200));
+        assert_eq!(address(long.as_bytes()).1.unwrap().len(), 254);
     }
 }
