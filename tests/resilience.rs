@@ -279,3 +279,30 @@ async fn forced_connection_close_loses_nothing() {
     tap.cleanup().await;
     sim.shutdown().await;
 }
+
+/// With the broker unreachable the worker keeps retrying, says so on /readyz,
+/// and still shuts down at once when asked (the grace period here is far
+/// longer than the test's patience, so waiting it out would fail the test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_broker_is_not_ready_and_shutdown_is_prompt() {
+    let sim = sim(fast_sim()).await;
+    let mut settings = settings(
+        "nobroker",
+        &sim.base_url(),
+        &[("CSW__SHUTDOWN__TIMEOUT_S", "600")],
+    );
+    settings.amqp.url = "amqp://guest:guest@127.0.0.1:1/%2f".into();
+    let worker = app::start(settings).await.unwrap();
+    let r = reqwest::get(format!("http://{}/readyz", worker.http_addr))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["reason"], "broker connection down");
+    worker.shutdown();
+    tokio::time::timeout(Duration::from_secs(30), worker.wait())
+        .await
+        .expect("shutdown does not wait out the grace period while disconnected")
+        .unwrap();
+    sim.shutdown().await;
+}

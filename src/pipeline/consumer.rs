@@ -117,8 +117,16 @@ pub async fn run(
             cfg.amqp.reconnect_max_ms,
         );
         attempt = attempt.saturating_add(1);
+        // Not connected means not consuming: a shutdown that starts now must
+        // not wait for a consumer to stop.
+        if control.stop_consuming.is_cancelled() {
+            control.consumer_stopped.cancel();
+        }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
+            _ = control.stop_consuming.cancelled(), if !control.consumer_stopped.is_cancelled() => {
+                control.consumer_stopped.cancel();
+            }
             _ = control.close.cancelled() => break,
         }
     }
