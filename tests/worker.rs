@@ -527,3 +527,53 @@ async fn webhook_for_another_replica_is_relayed_to_the_owner() {
     tap.cleanup().await;
     sim.shutdown().await;
 }
+
+/// W3C trace context travels: the inbound `traceparent` header reaches the
+/// CXone requests and every event of the change (header and CloudEvents
+/// attribute), so one trace runs from the publisher to the HR listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traceparent_travels_from_inbound_to_cxone_and_events() {
+    let sim = sim(fast_sim()).await;
+    let settings = settings("trace", &sim.base_url(), &[]);
+    let mut tap = Tap::new(&settings).await;
+    let worker = app::start(settings.clone()).await.unwrap();
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut headers = lapin::types::FieldTable::default();
+    headers.insert(
+        "traceparent".into(),
+        lapin::types::AMQPValue::LongString(tp.into()),
+    );
+    let props = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_headers(headers.clone());
+    tap.publish_raw(
+        "cal-t",
+        &change("tp1", "cal-t", &[("a1", &at(15, 8), &at(15, 16))]),
+        props.clone(),
+    )
+    .await;
+    tap.publish_raw("cal-t", b"not json", props).await;
+    tap.events_until(WAIT, |e| {
+        e.iter()
+            .any(|e| e["type"] == "wfm.schedule.import.completed")
+            && e.iter()
+                .any(|e| e["type"] == "wfm.schedule.change.rejected")
+    })
+    .await;
+    for e in &tap.seen_events {
+        assert_eq!(e["traceparent"], tp, "event {}", e["type"]);
+    }
+    let headers = tap.event_headers();
+    assert!(!headers.is_empty());
+    assert!(
+        headers
+            .iter()
+            .all(|h| header(h, "traceparent").as_deref() == Some(tp))
+    );
+    let seen = sim.traceparents_seen();
+    assert!(!seen.is_empty() && seen.iter().all(|s| s == tp), "{seen:?}");
+    worker.shutdown();
+    worker.wait().await.unwrap();
+    tap.cleanup().await;
+    sim.shutdown().await;
+}

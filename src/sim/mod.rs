@@ -368,6 +368,11 @@ impl SimServer {
         self.state.reset()
     }
 
+    /// The `traceparent` headers of the last API requests (at most 1000), oldest first.
+    pub fn traceparents_seen(&self) -> Vec<String> {
+        self.state.traceparents()
+    }
+
     /// A job's current status, if the simulator still remembers it.
     pub fn job_status(&self, job_id: &str) -> Option<JobStatus> {
         self.state.job_status(job_id)

@@ -288,6 +288,12 @@ fn unauthorized(message: &str) -> Response {
     r
 }
 
+fn record_traceparent(st: &SimState, headers: &HeaderMap) {
+    if let Some(tp) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        st.saw_traceparent(tp);
+    }
+}
+
 fn accepted(job_id: &str) -> Response {
     (StatusCode::ACCEPTED, Json(json!({"jobId": job_id}))).into_response()
 }
@@ -295,6 +301,7 @@ fn accepted(job_id: &str) -> Response {
 async fn import(State(st): St, headers: HeaderMap, body: Body) -> Response {
     latency(&st).await;
     bump(&st.counters.import_requests);
+    record_traceparent(&st, &headers);
     let client_id = match gate(&st, &headers, SCOPE_SCHEDULES_WRITE) {
         Ok(c) => c,
         Err(r) => return r,
@@ -367,6 +374,7 @@ async fn job(
     job_id: Result<Path<String>, PathRejection>,
 ) -> Response {
     latency(&st).await;
+    record_traceparent(&st, &headers);
     if let Err(r) = gate(&st, &headers, SCOPE_JOBS_READ) {
         return r;
     }

@@ -115,7 +115,13 @@ pub struct SimState {
     /// the fresh state.
     epoch: Mutex<CancellationToken>,
     webhook_http: reqwest::Client,
+    /// The last `traceparent` headers of API requests, newest last (bounded),
+    /// so tests can see trace context arrive.
+    traceparents: Mutex<std::collections::VecDeque<String>>,
 }
+
+/// How many `traceparent` headers the simulator remembers.
+const TRACEPARENTS_KEPT: usize = 1000;
 
 impl SimState {
     pub fn new(faults: Faults, shutdown: CancellationToken) -> Self {
@@ -125,6 +131,7 @@ impl SimState {
             .build()
             .unwrap_or_default();
         SimState {
+            traceparents: Mutex::new(std::collections::VecDeque::new()),
             faults: RwLock::new(faults),
             counters: Counters::default(),
             tokens: Mutex::default(),
@@ -460,6 +467,19 @@ impl SimState {
             .lock()
             .get(job_id)
             .map(|j| (j.status, j.errors.clone()))
+    }
+
+    /// Remembers a request's `traceparent` (bounded).
+    pub fn saw_traceparent(&self, traceparent: &str) {
+        let mut seen = self.traceparents.lock();
+        if seen.len() == TRACEPARENTS_KEPT {
+            seen.pop_front();
+        }
+        seen.push_back(traceparent.to_owned());
+    }
+
+    pub fn traceparents(&self) -> Vec<String> {
+        self.traceparents.lock().iter().cloned().collect()
     }
 
     pub fn job_status(&self, job_id: &str) -> Option<JobStatus> {

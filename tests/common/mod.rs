@@ -173,6 +173,7 @@ pub struct Tap {
     dead: Consumer,
     pub events_queue: String,
     pub seen_events: Vec<Value>,
+    seen_event_headers: Vec<FieldTable>,
     pub seen_dead: Vec<(Vec<u8>, FieldTable)>,
 }
 
@@ -240,6 +241,7 @@ impl Tap {
             dead,
             events_queue,
             seen_events: Vec::new(),
+            seen_event_headers: Vec::new(),
             seen_dead: Vec::new(),
         }
     }
@@ -279,9 +281,12 @@ impl Tap {
         let deadline = tokio::time::Instant::now() + timeout;
         while !done(&self.seen_events) {
             match tokio::time::timeout_at(deadline, self.events.next()).await {
-                Ok(Some(Ok(d))) => self
-                    .seen_events
-                    .push(serde_json::from_slice(&d.data).expect("events are JSON")),
+                Ok(Some(Ok(d))) => {
+                    self.seen_events
+                        .push(serde_json::from_slice(&d.data).expect("events are JSON"));
+                    self.seen_event_headers
+                        .push(d.properties.headers().clone().unwrap_or_default());
+                }
                 Ok(other) => panic!("event stream ended: {other:?}"),
                 Err(_) => panic!(
                     "timed out after {timeout:?} waiting for events; seen {}: {}",
@@ -322,6 +327,11 @@ impl Tap {
             want.iter().all(|id| seen.contains(id))
         };
         self.events_until(timeout, done).await;
+    }
+
+    /// The AMQP headers of the events seen, in order.
+    pub fn event_headers(&self) -> &[FieldTable] {
+        &self.seen_event_headers
     }
 
     pub fn events_of(&self, kind: &str) -> Vec<&Value> {
