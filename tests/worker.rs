@@ -453,6 +453,18 @@ async fn http_endpoints_answer() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+    let mut tap = tap;
+    tap.publish(&change("m1", "cal-m", &[("a1", &at(15, 8), &at(15, 16))]))
+        .await;
+    tap.publish_raw("cal-m", b"{", BasicProperties::default())
+        .await;
+    tap.events_until(WAIT, |e| {
+        e.iter()
+            .any(|e| e["type"] == "wfm.schedule.import.completed")
+            && e.iter()
+                .any(|e| e["type"] == "wfm.schedule.change.rejected")
+    })
+    .await;
     let metrics = http
         .get(format!("{base}/metrics"))
         .send()
@@ -461,7 +473,25 @@ async fn http_endpoints_answer() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("csw_"), "{metrics}");
+    for name in [
+        "csw_changes_received_total",
+        "csw_changes_rejected_total{code=\"INVALID_JSON\"}",
+        "csw_changes_imported_total",
+        "csw_imports_total{outcome=\"completed\"}",
+        "csw_stage_duration_seconds_bucket{stage=\"validation\"",
+        "csw_stage_duration_seconds_bucket{stage=\"request\"",
+        "csw_stage_duration_seconds_bucket{stage=\"polling\"",
+        "csw_stage_duration_seconds_bucket{stage=\"total\"",
+        "csw_batch_entries_bucket",
+        "csw_cxone_requests_total{",
+        "csw_imports_in_flight",
+        "csw_token_refreshes_total",
+        "csw_broker_connected",
+        "csw_events_published_total{type=\"schedule.import.completed\"}",
+        "csw_dead_lettered_total{code=\"INVALID_JSON\"}",
+    ] {
+        assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
+    }
     worker.shutdown();
     worker.wait().await.unwrap();
     tap.cleanup().await;
