@@ -9,7 +9,6 @@ use std::{
 
 use common::*;
 use cxone_schedule_worker::app;
-use lapin::{options::QueueDeclareOptions, types::FieldTable};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -47,28 +46,10 @@ async fn wait_exit(child: &mut Child, timeout: Duration) -> ExitStatus {
     }
 }
 
-/// (ready, consumers) of the inbound queue.
-async fn queue_state(tap: &Tap) -> (u32, u32) {
-    let ch = tap.conn.create_channel().await.unwrap();
-    let q = ch
-        .queue_declare(
-            tap.settings.amqp.inbound_queue.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let _ = ch.close(200, "ok".into()).await;
-    (q.message_count(), q.consumer_count())
-}
-
 async fn wait_for(tap: &Tap, what: &str, pred: impl Fn((u32, u32)) -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let state = queue_state(tap).await;
+        let state = tap.queue_state().await;
         if pred(state) {
             return;
         }
@@ -148,7 +129,7 @@ async fn sigterm_flushes_open_batches_and_restart_completes_the_rest() {
             "roster of {cal}"
         );
     }
-    assert_eq!(queue_state(&tap).await.0, 0, "nothing left unacked");
+    assert_eq!(tap.queue_state().await.0, 0, "nothing left unacked");
     tap.cleanup().await;
     sim.shutdown().await;
 }

@@ -358,6 +358,11 @@ impl Tap {
 
     /// Messages ready in the inbound queue (unacked ones are not counted).
     pub async fn inbound_ready(&self) -> u32 {
+        self.queue_state().await.0
+    }
+
+    /// (ready messages, consumers) of the inbound queue.
+    pub async fn queue_state(&self) -> (u32, u32) {
         let ch = self.conn.create_channel().await.unwrap();
         let q = ch
             .queue_declare(
@@ -371,7 +376,7 @@ impl Tap {
             .await
             .unwrap();
         let _ = ch.close(200, "ok".into()).await;
-        q.message_count()
+        (q.message_count(), q.consumer_count())
     }
 
     /// Deletes everything this test declared.
