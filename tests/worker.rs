@@ -607,3 +607,117 @@ async fn traceparent_travels_from_inbound_to_cxone_and_events() {
     tap.cleanup().await;
     sim.shutdown().await;
 }
+
+/// Every validation code reaches the worker's rejection path with that code:
+/// a rejected event (first error) and a dead-letter copy with `x-error-code`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_validation_code_is_rejected_with_that_code() {
+    let sim = sim(fast_sim()).await;
+    let settings = settings(
+        "codes",
+        &sim.base_url(),
+        &[("CSW__LIMITS__MAX_ENTRIES_PER_CHANGE", "3")],
+    );
+    let mut tap = Tap::new(&settings).await;
+    let worker = app::start(settings.clone()).await.unwrap();
+    let shift = |agent: &str| json!({"agentId": agent, "startDateTime": "2024-01-15T08:00:00Z", "endDateTime": "2024-01-15T16:00:00Z"});
+    let with = |mut entry: serde_json::Value, key: &str, value: serde_json::Value| {
+        entry[key] = value;
+        entry
+    };
+    let cases: Vec<(&str, serde_json::Value)> = vec![
+        ("MISSING_FIELD", json!({"entries": [shift("a")]})),
+        (
+            "INVALID_FIELD",
+            json!({"calendarId": "bad id!", "entries": [shift("a")]}),
+        ),
+        (
+            "TOO_MANY_ENTRIES",
+            json!({"calendarId": "c", "entries": [shift("a"), shift("b"), shift("c"), shift("d")]}),
+        ),
+        (
+            "INVALID_DATETIME",
+            json!({"calendarId": "c", "entries": [with(shift("a"), "startDateTime", json!("2024-01-15T08:00:00"))]}),
+        ),
+        (
+            "SHIFT_TOO_LONG",
+            json!({"calendarId": "c", "entries": [with(shift("a"), "endDateTime", json!("2024-01-16T08:01:00Z"))]}),
+        ),
+        (
+            "BREAK_OUTSIDE_SHIFT",
+            json!({"calendarId": "c", "entries": [with(shift("a"), "breaks", json!([{"startOffsetMinutes": 470, "durationMinutes": 30}]))]}),
+        ),
+        (
+            "OVERLAPPING_BREAKS",
+            json!({"calendarId": "c", "entries": [with(shift("a"), "breaks", json!([
+            {"startOffsetMinutes": 60, "durationMinutes": 30}, {"startOffsetMinutes": 80, "durationMinutes": 30}]))]}),
+        ),
+        (
+            "INVALID_OVERRIDE_TYPE",
+            json!({"calendarId": "c", "entries": [with(shift("a"), "availabilityOverrides", json!([{"type": "SICK"}]))]}),
+        ),
+        (
+            "OVERRIDE_OUTSIDE_SHIFT",
+            json!({"calendarId": "c", "entries": [with(shift("a"), "availabilityOverrides", json!([
+            {"type": "UNAVAILABLE", "start": "2024-01-15T07:00:00Z", "end": "2024-01-15T09:00:00Z"}]))]}),
+        ),
+        (
+            "CONFLICTING_OVERRIDES",
+            json!({"calendarId": "c", "entries": [with(shift("a"), "availabilityOverrides", json!([
+            {"type": "UNAVAILABLE", "start": "2024-01-15T10:00:00Z", "end": "2024-01-15T11:00:00Z"},
+            {"type": "AVAILABLE", "start": "2024-01-15T10:30:00Z", "end": "2024-01-15T11:30:00Z"}]))]}),
+        ),
+        (
+            "OVERLAPPING_SHIFTS",
+            json!({"calendarId": "c", "entries": [shift("a"), with(shift("a"), "startDateTime", json!("2024-01-15T12:00:00+02:00"))]}),
+        ),
+        (
+            "INSUFFICIENT_CAPACITY",
+            json!({"calendarId": "c", "minimumCapacityMinutes": 600, "entries": [shift("a")]}),
+        ),
+    ];
+    for (code, mut body) in cases.clone() {
+        body["changeId"] = json!(format!("code-{code}"));
+        tap.publish_raw(
+            "c",
+            &serde_json::to_vec(&body).unwrap(),
+            BasicProperties::default().with_content_type("application/json; charset=utf-8".into()),
+        )
+        .await;
+    }
+    tap.events_until(WAIT, |e| {
+        e.iter()
+            .filter(|e| e["type"] == "wfm.schedule.change.rejected")
+            .count()
+            == cases.len()
+    })
+    .await;
+    for (code, _) in &cases {
+        let event = tap
+            .events_of("schedule.change.rejected")
+            .into_iter()
+            .find(|e| e["data"]["changeId"] == format!("code-{code}"))
+            .unwrap_or_else(|| panic!("no rejection for {code}"));
+        assert_eq!(event["data"]["errors"][0]["code"], *code, "{event}");
+    }
+    tap.dead_letters(cases.len(), WAIT).await;
+    let mut dead: Vec<String> = tap
+        .seen_dead
+        .iter()
+        .map(|(_, h)| header(h, "x-error-code").unwrap())
+        .collect();
+    let mut want: Vec<String> = cases.iter().map(|(c, _)| (*c).to_owned()).collect();
+    dead.sort();
+    want.sort();
+    assert_eq!(dead, want);
+    assert_eq!(
+        sim.stats().import_requests,
+        0,
+        "nothing invalid reaches CXone"
+    );
+    worker.shutdown();
+    worker.wait().await.unwrap();
+    assert_eq!(tap.inbound_ready().await, 0);
+    tap.cleanup().await;
+    sim.shutdown().await;
+}
