@@ -359,6 +359,7 @@ fn settle(st: &SimState, a: Admission) -> Response {
 
 async fn job(State(st): St, headers: HeaderMap, Path(job_id): Path<String>) -> Response {
     latency(&st).await;
+    bump(&st.counters.job_requests);
     if let Err(r) = gate(&st, &headers, SCOPE_JOBS_READ) {
         return r;
     }
