@@ -72,38 +72,39 @@ impl BatchShared {
     }
 }
 
-/// Changes for one import: same calendar, mode and conflict resolution, no
-/// two overlapping entries for one agent.
-pub struct Batch {
-    pub calendar_id: String,
-    pub validation_mode: ValidationMode,
-    pub conflict_resolution: ConflictResolution,
-    pub changes: Vec<Accepted>,
-    pub entry_count: usize,
-    pub shared: Arc<BatchShared>,
-    seq: u64,
+/// The admission rules of one batch, free of deliveries (so they can be
+/// benchmarked without a broker): one validation mode and conflict
+/// resolution, at most `max_entries` entries unless one change is larger, and
+/// no two overlapping entries for one agent.
+pub struct BatchRules {
+    validation_mode: ValidationMode,
+    conflict_resolution: ConflictResolution,
+    entry_count: usize,
     /// agent → start → end, disjoint by construction.
     intervals: HashMap<String, BTreeMap<i64, i64>>,
 }
 
-impl Batch {
-    fn new(seq: u64, first: &ValidChange) -> Batch {
-        Batch {
-            calendar_id: first.calendar_id.clone(),
+impl BatchRules {
+    /// Rules for a batch that will start with `first`.
+    pub fn new(first: &ValidChange) -> BatchRules {
+        BatchRules {
             validation_mode: first.validation_mode,
             conflict_resolution: first.conflict_resolution,
-            changes: Vec::new(),
             entry_count: 0,
-            shared: BatchShared::new(),
-            seq,
             intervals: HashMap::new(),
         }
     }
 
-    fn accepts(&self, change: &ValidChange, max_entries: usize) -> bool {
+    pub fn entry_count(&self) -> usize {
+        self.entry_count
+    }
+
+    /// Whether `change` may join: same mode, room for it (an empty batch
+    /// takes a change of any size), no overlap with what is in.
+    pub fn accepts(&self, change: &ValidChange, max_entries: usize) -> bool {
         change.validation_mode == self.validation_mode
             && change.conflict_resolution == self.conflict_resolution
-            && self.entry_count + change.entries.len() <= max_entries
+            && (self.entry_count == 0 || self.entry_count + change.entries.len() <= max_entries)
             && !self.overlaps(change)
     }
 
@@ -118,10 +119,11 @@ impl Batch {
         })
     }
 
-    fn push(&mut self, mut accepted: Accepted) {
-        // The spans live on in `intervals`; what the import does not read is
-        // dropped, since a batch may wait with hundreds of changes.
-        for s in std::mem::take(&mut accepted.change.spans) {
+    /// Records `change` as in the batch. Its spans move into the rules, and
+    /// what the import does not read is dropped, since a batch may wait with
+    /// hundreds of changes.
+    pub fn add(&mut self, change: &mut ValidChange) {
+        for s in std::mem::take(&mut change.spans) {
             match self.intervals.get_mut(&s.agent_id) {
                 Some(map) => {
                     map.insert(s.start_ms, s.end_ms);
@@ -132,9 +134,47 @@ impl Batch {
                 }
             }
         }
-        accepted.change.occurred_at = None;
-        accepted.change.source = None;
-        self.entry_count += accepted.change.entries.len();
+        change.occurred_at = None;
+        change.source = None;
+        self.entry_count += change.entries.len();
+    }
+}
+
+/// Changes for one import: same calendar, mode and conflict resolution, no
+/// two overlapping entries for one agent.
+pub struct Batch {
+    pub calendar_id: String,
+    pub validation_mode: ValidationMode,
+    pub conflict_resolution: ConflictResolution,
+    /// Boxed as they arrive: growing the list moves pointers, not deliveries.
+    pub changes: Vec<Box<Accepted>>,
+    pub entry_count: usize,
+    pub shared: Arc<BatchShared>,
+    seq: u64,
+    rules: BatchRules,
+}
+
+impl Batch {
+    fn new(seq: u64, first: &ValidChange) -> Batch {
+        Batch {
+            calendar_id: first.calendar_id.clone(),
+            validation_mode: first.validation_mode,
+            conflict_resolution: first.conflict_resolution,
+            changes: Vec::new(),
+            entry_count: 0,
+            shared: BatchShared::new(),
+            seq,
+            rules: BatchRules::new(first),
+        }
+    }
+
+    fn accepts(&self, change: &ValidChange, max_entries: usize) -> bool {
+        self.rules.accepts(change, max_entries)
+    }
+
+    fn push(&mut self, mut accepted: Box<Accepted>) {
+        self.rules.add(&mut accepted.change);
+        self.entry_count = self.rules.entry_count();
         self.changes.push(accepted);
     }
 
@@ -260,7 +300,7 @@ impl<D: FnMut(Batch)> Coordinator<D> {
 
     pub fn handle(&mut self, input: Input) {
         match input {
-            Input::Change(accepted) => self.add(*accepted),
+            Input::Change(accepted) => self.add(accepted),
             Input::Finished {
                 calendar_id,
                 change_ids,
@@ -289,7 +329,7 @@ impl<D: FnMut(Batch)> Coordinator<D> {
         }
     }
 
-    fn add(&mut self, accepted: Accepted) {
+    fn add(&mut self, accepted: Box<Accepted>) {
         metrics::counter!("csw_changes_accepted_total").increment(1);
         let key = self.ids.key(&accepted.change.change_id);
         if accepted.msg.redelivered
@@ -307,18 +347,18 @@ impl<D: FnMut(Batch)> Coordinator<D> {
                     change,
                     msg,
                     validation,
-                } = accepted;
+                } = *accepted;
                 match owner.attach(msg) {
                     None => {
                         metrics::counter!("csw_changes_duplicate_total").increment(1);
                         tracing::debug!(change_id = %change.change_id, "repeated changeId attached to its first delivery's batch");
                         return;
                     }
-                    Some(msg) => Accepted {
+                    Some(msg) => Box::new(Accepted {
                         change,
                         msg,
                         validation,
-                    },
+                    }),
                 }
             }
             None => accepted,
