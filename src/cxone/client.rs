@@ -8,7 +8,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::pacing::Pacer;
+use super::pacing::{Pacer, Priority};
 use super::retry::{RetryPolicy, retry_delay, within_budget};
 use super::token::{AccessToken, TokenCache};
 use super::transport::{self, Response};
@@ -279,7 +279,13 @@ impl CxoneClient {
             let step = match inner.tokens.get().await {
                 Err(e) => Attempt::Failed(e),
                 Ok(token) => {
-                    inner.pacer.admit().await;
+                    // Polls give way to submissions under a known rate limit.
+                    let priority = if endpoint == JOB {
+                        Priority::Poll
+                    } else {
+                        Priority::Submit
+                    };
+                    inner.pacer.admit(priority).await;
                     attempts += 1;
                     match transport::send(endpoint, build(token.bearer())).await {
                         Err(e) => Attempt::Failed(e),

@@ -304,6 +304,10 @@ async fn session(
                 tracing::info!("stopped consuming; draining open batches");
             }
             _ = control.close.cancelled() => {
+                // Settled deliveries whose acks are still held back go out now.
+                for sub in active.values().chain(releasing.values()) {
+                    let _ = sub.tracker.flush().await;
+                }
                 control.ready.store(false, Ordering::SeqCst);
                 publisher_tx.send_replace(None);
                 close_quietly(&conn).await;
@@ -320,7 +324,7 @@ async fn session(
                 // A released partition's channel closes once all it took is settled.
                 let mut done = Vec::new();
                 for (i, sub) in &releasing {
-                    if sub.tracker.outstanding().await == 0 {
+                    if sub.tracker.outstanding() == 0 {
                         done.push(*i);
                     }
                 }
@@ -467,7 +471,7 @@ async fn handle(
     tasks: &TaskTracker,
 ) {
     let received_at = Instant::now();
-    tracker.register(delivery.delivery_tag).await;
+    tracker.register(delivery.delivery_tag);
     metrics::counter!("csw_changes_received_total").increment(1);
     let props = delivery.properties;
     let parsed = {

@@ -7,6 +7,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    hash::{BuildHasher, RandomState},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -71,38 +72,39 @@ impl BatchShared {
     }
 }
 
-/// Changes for one import: same calendar, mode and conflict resolution, no
-/// two overlapping entries for one agent.
-pub struct Batch {
-    pub calendar_id: String,
-    pub validation_mode: ValidationMode,
-    pub conflict_resolution: ConflictResolution,
-    pub changes: Vec<Accepted>,
-    pub entry_count: usize,
-    pub shared: Arc<BatchShared>,
-    seq: u64,
+/// The admission rules of one batch, free of deliveries (so they can be
+/// benchmarked without a broker): one validation mode and conflict
+/// resolution, at most `max_entries` entries unless one change is larger, and
+/// no two overlapping entries for one agent.
+pub struct BatchRules {
+    validation_mode: ValidationMode,
+    conflict_resolution: ConflictResolution,
+    entry_count: usize,
     /// agent → start → end, disjoint by construction.
     intervals: HashMap<String, BTreeMap<i64, i64>>,
 }
 
-impl Batch {
-    fn new(seq: u64, first: &ValidChange) -> Batch {
-        Batch {
-            calendar_id: first.calendar_id.clone(),
+impl BatchRules {
+    /// Rules for a batch that will start with `first`.
+    pub fn new(first: &ValidChange) -> BatchRules {
+        BatchRules {
             validation_mode: first.validation_mode,
             conflict_resolution: first.conflict_resolution,
-            changes: Vec::new(),
             entry_count: 0,
-            shared: BatchShared::new(),
-            seq,
             intervals: HashMap::new(),
         }
     }
 
-    fn accepts(&self, change: &ValidChange, max_entries: usize) -> bool {
+    pub fn entry_count(&self) -> usize {
+        self.entry_count
+    }
+
+    /// Whether `change` may join: same mode, room for it (an empty batch
+    /// takes a change of any size), no overlap with what is in.
+    pub fn accepts(&self, change: &ValidChange, max_entries: usize) -> bool {
         change.validation_mode == self.validation_mode
             && change.conflict_resolution == self.conflict_resolution
-            && self.entry_count + change.entries.len() <= max_entries
+            && (self.entry_count == 0 || self.entry_count + change.entries.len() <= max_entries)
             && !self.overlaps(change)
     }
 
@@ -117,14 +119,62 @@ impl Batch {
         })
     }
 
-    fn push(&mut self, accepted: Accepted) {
-        for s in &accepted.change.spans {
-            self.intervals
-                .entry(s.agent_id.clone())
-                .or_default()
-                .insert(s.start_ms, s.end_ms);
+    /// Records `change` as in the batch. Its spans move into the rules, and
+    /// what the import does not read is dropped, since a batch may wait with
+    /// hundreds of changes.
+    pub fn add(&mut self, change: &mut ValidChange) {
+        for s in std::mem::take(&mut change.spans) {
+            match self.intervals.get_mut(&s.agent_id) {
+                Some(map) => {
+                    map.insert(s.start_ms, s.end_ms);
+                }
+                None => {
+                    self.intervals
+                        .insert(s.agent_id, BTreeMap::from([(s.start_ms, s.end_ms)]));
+                }
+            }
         }
-        self.entry_count += accepted.change.entries.len();
+        change.occurred_at = None;
+        change.source = None;
+        self.entry_count += change.entries.len();
+    }
+}
+
+/// Changes for one import: same calendar, mode and conflict resolution, no
+/// two overlapping entries for one agent.
+pub struct Batch {
+    pub calendar_id: String,
+    pub validation_mode: ValidationMode,
+    pub conflict_resolution: ConflictResolution,
+    /// Boxed as they arrive: growing the list moves pointers, not deliveries.
+    pub changes: Vec<Box<Accepted>>,
+    pub entry_count: usize,
+    pub shared: Arc<BatchShared>,
+    seq: u64,
+    rules: BatchRules,
+}
+
+impl Batch {
+    fn new(seq: u64, first: &ValidChange) -> Batch {
+        Batch {
+            calendar_id: first.calendar_id.clone(),
+            validation_mode: first.validation_mode,
+            conflict_resolution: first.conflict_resolution,
+            changes: Vec::new(),
+            entry_count: 0,
+            shared: BatchShared::new(),
+            seq,
+            rules: BatchRules::new(first),
+        }
+    }
+
+    fn accepts(&self, change: &ValidChange, max_entries: usize) -> bool {
+        self.rules.accepts(change, max_entries)
+    }
+
+    fn push(&mut self, mut accepted: Box<Accepted>) {
+        self.rules.add(&mut accepted.change);
+        self.entry_count = self.rules.entry_count();
         self.changes.push(accepted);
     }
 
@@ -166,12 +216,14 @@ pub struct Coordinator<D> {
     /// (deadline, calendar, batch seq) in opening order, hence deadline order.
     ages: VecDeque<(Instant, String, u64)>,
     /// changeId → the batch holding it, while open, queued or in flight.
-    owners: HashMap<String, Arc<BatchShared>>,
-    /// changeIds whose import settled lately, oldest first (bounded): a
-    /// redelivered copy of one (its ack was lost with a connection) is acked
-    /// without importing it again, which could reorder the calendar.
-    recent: HashSet<String>,
-    recent_order: VecDeque<String>,
+    owners: HashMap<IdKey, Arc<BatchShared>>,
+    /// changeIds whose import settled lately (the last RECENT_CAPACITY / 2
+    /// to RECENT_CAPACITY of them, in two generations): a redelivered copy of
+    /// one (its ack was lost with a connection) is acked without importing
+    /// it again, which could reorder the calendar.
+    recent: HashSet<IdKey>,
+    recent_old: HashSet<IdKey>,
+    ids: IdHasher,
     in_flight: usize,
     next_seq: u64,
     draining: bool,
@@ -179,6 +231,21 @@ pub struct Coordinator<D> {
 
 /// How many settled changeIds to remember for redeliveries.
 const RECENT_CAPACITY: usize = 200_000;
+
+/// A changeId as a 128-bit keyed hash: 16 bytes per remembered id instead of
+/// a string (twice), which matters at 200,000 remembered ids. Two ids share
+/// a key with probability about n² / 2^129 (with random keys per process), so
+/// the exactness of the string comparison is kept for all practical purposes.
+type IdKey = u128;
+
+#[derive(Default)]
+struct IdHasher(RandomState, RandomState);
+
+impl IdHasher {
+    fn key(&self, id: &str) -> IdKey {
+        (u128::from(self.0.hash_one(id)) << 64) | u128::from(self.1.hash_one(id))
+    }
+}
 
 impl<D: FnMut(Batch)> Coordinator<D> {
     /// `dispatch` starts an import of the batch; whoever runs it sends
@@ -193,7 +260,8 @@ impl<D: FnMut(Batch)> Coordinator<D> {
             ages: VecDeque::new(),
             owners: HashMap::new(),
             recent: HashSet::new(),
-            recent_order: VecDeque::new(),
+            recent_old: HashSet::new(),
+            ids: IdHasher::default(),
             in_flight: 0,
             next_seq: 0,
             draining: false,
@@ -232,20 +300,19 @@ impl<D: FnMut(Batch)> Coordinator<D> {
 
     pub fn handle(&mut self, input: Input) {
         match input {
-            Input::Change(accepted) => self.add(*accepted),
+            Input::Change(accepted) => self.add(accepted),
             Input::Finished {
                 calendar_id,
                 change_ids,
                 settled,
             } => {
-                for id in change_ids {
-                    self.owners.remove(&id);
-                    if settled && self.recent.insert(id.clone()) {
-                        self.recent_order.push_back(id);
-                        if self.recent_order.len() > RECENT_CAPACITY
-                            && let Some(old) = self.recent_order.pop_front()
-                        {
-                            self.recent.remove(&old);
+                for id in &change_ids {
+                    let key = self.ids.key(id);
+                    self.owners.remove(&key);
+                    if settled {
+                        self.recent.insert(key);
+                        if self.recent.len() >= RECENT_CAPACITY / 2 {
+                            self.recent_old = std::mem::take(&mut self.recent);
                         }
                     }
                 }
@@ -262,33 +329,36 @@ impl<D: FnMut(Batch)> Coordinator<D> {
         }
     }
 
-    fn add(&mut self, accepted: Accepted) {
+    fn add(&mut self, accepted: Box<Accepted>) {
         metrics::counter!("csw_changes_accepted_total").increment(1);
-        if accepted.msg.redelivered && self.recent.contains(&accepted.change.change_id) {
+        let key = self.ids.key(&accepted.change.change_id);
+        if accepted.msg.redelivered
+            && (self.recent.contains(&key) || self.recent_old.contains(&key))
+        {
             metrics::counter!("csw_changes_redelivered_settled_total").increment(1);
             tracing::info!(change_id = %accepted.change.change_id, "redelivered change already imported and settled; acking it without importing again");
             tokio::spawn(async move { super::ack_all([&accepted.msg]).await });
             return;
         }
         // A repeated changeId rides along with the first one's batch.
-        let accepted = match self.owners.get(&accepted.change.change_id) {
+        let accepted = match self.owners.get(&key) {
             Some(owner) => {
                 let Accepted {
                     change,
                     msg,
                     validation,
-                } = accepted;
+                } = *accepted;
                 match owner.attach(msg) {
                     None => {
                         metrics::counter!("csw_changes_duplicate_total").increment(1);
                         tracing::debug!(change_id = %change.change_id, "repeated changeId attached to its first delivery's batch");
                         return;
                     }
-                    Some(msg) => Accepted {
+                    Some(msg) => Box::new(Accepted {
                         change,
                         msg,
                         validation,
-                    },
+                    }),
                 }
             }
             None => accepted,
@@ -315,8 +385,7 @@ impl<D: FnMut(Batch)> Coordinator<D> {
             ));
         }
         let open = cal.open.as_mut().expect("just ensured");
-        self.owners
-            .insert(accepted.change.change_id.clone(), open.shared.clone());
+        self.owners.insert(key, open.shared.clone());
         open.push(accepted);
         if open.entry_count >= max {
             cal.closed.push_back(cal.open.take().expect("present"));

@@ -88,6 +88,10 @@ pub struct PollPolicy {
 
 /// Polls (first after `initial`, doubling to `max`) until the job ends, a
 /// webhook says it ended, or `timeout` passes.
+///
+/// A poll is raced against the webhook: a poll still waiting for the rate
+/// limiter's go-ahead when the webhook arrives is dropped unsent, so with
+/// webhooks working a rate-limited worker spends its requests on imports.
 pub async fn follow(
     client: &CxoneClient,
     registry: &JobRegistry,
@@ -98,8 +102,11 @@ pub async fn follow(
     let mut notice = Some(registry.register(job_id));
     let deadline = Instant::now() + policy.timeout;
     let mut delay = policy.initial;
+    let mut next_poll = Instant::now() + delay;
     let mut polls = 0u32;
+    let mut poll = std::pin::pin!(None::<PollFuture<'_>>);
     let end = loop {
+        let polling = poll.is_some();
         tokio::select! {
             status = async { notice.as_mut().expect("guarded").await }, if notice.is_some() => {
                 match status {
@@ -117,14 +124,19 @@ pub async fn follow(
                     Err(_) => notice = None,
                 }
             }
-            _ = tokio::time::sleep(delay) => {
-                polls += 1;
-                match client.get_job(job_id, traceparent).await {
+            result = async { poll.as_mut().as_pin_mut().expect("guarded").await }, if polling => {
+                poll.set(None);
+                match result {
                     Ok(job) if job.status.is_terminal() => break JobEnd::Finished(job),
                     Ok(_) => {}
                     Err(e) => break JobEnd::Error(e),
                 }
                 delay = (delay * 2).min(policy.max);
+                next_poll = Instant::now() + delay;
+            }
+            _ = tokio::time::sleep_until(next_poll), if !polling => {
+                polls += 1;
+                poll.set(Some(Box::pin(client.get_job(job_id, traceparent))));
             }
             _ = tokio::time::sleep_until(deadline) => break JobEnd::TimedOut,
         }
@@ -133,3 +145,6 @@ pub async fn follow(
     metrics::histogram!("csw_job_polls").record(polls as f64);
     end
 }
+
+type PollFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Job, CxoneError>> + Send + 'a>>;

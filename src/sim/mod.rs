@@ -112,6 +112,8 @@ impl Default for SimConfig {
 pub struct SimStats {
     pub token_requests: u64,
     pub import_requests: u64,
+    /// `GET /api/v2/wfm/async-jobs/{id}` requests, whatever their answer.
+    pub job_requests: u64,
     pub imports_accepted: u64,
     pub responses401: u64,
     pub responses409: u64,

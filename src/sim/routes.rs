@@ -374,6 +374,7 @@ async fn job(
     job_id: Result<Path<String>, PathRejection>,
 ) -> Response {
     latency(&st).await;
+    bump(&st.counters.job_requests);
     record_traceparent(&st, &headers);
     if let Err(r) = gate(&st, &headers, SCOPE_JOBS_READ) {
         return r;

@@ -39,6 +39,7 @@ pub fn scope_bit(scope: &str) -> Option<u8> {
 pub struct Counters {
     pub token_requests: AtomicU64,
     pub import_requests: AtomicU64,
+    pub job_requests: AtomicU64,
     pub imports_accepted: AtomicU64,
     pub responses401: AtomicU64,
     pub responses409: AtomicU64,
@@ -169,6 +170,7 @@ impl SimState {
         SimStats {
             token_requests: g(&c.token_requests),
             import_requests: g(&c.import_requests),
+            job_requests: g(&c.job_requests),
             imports_accepted: g(&c.imports_accepted),
             responses401: g(&c.responses401),
             responses409: g(&c.responses409),
@@ -196,6 +198,7 @@ impl SimState {
         for a in [
             &c.token_requests,
             &c.import_requests,
+            &c.job_requests,
             &c.imports_accepted,
             &c.responses401,
             &c.responses409,

@@ -1,0 +1,70 @@
+//! The `bench` command end to end with tiny numbers against the real broker:
+//! it runs, stops its worker cleanly and prints the documented JSON fields.
+//! Timings are not checked: speed is what the benchmark measures, not a test.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn run_bench(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_cxone-schedule-worker"))
+        .arg("bench")
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench failed ({}); is RabbitMQ running at AMQP_URL? stderr:\n{stderr}\nstdout:\n{stdout}",
+        out.status
+    );
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("bench printed no JSON ({e}):\n{stdout}\nstderr:\n{stderr}"))
+}
+
+fn number(v: &Value, pointer: &str) -> f64 {
+    v.pointer(pointer)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("{pointer} is not a number in {v:#}"))
+}
+
+#[test]
+fn throughput_bench_reports_every_figure() {
+    let v = run_bench(&[
+        "--changes",
+        "500",
+        "--quick",
+        "--calendars",
+        "10",
+        "--latency-seconds",
+        "1",
+    ]);
+    assert_eq!(v["scenario"], "throughput");
+    assert_eq!(v["changes"], 500);
+    assert_eq!(v["queueType"], "quorum");
+    assert!(number(&v, "/raw/perSecond") > 0.0);
+    assert!(number(&v, "/worker/perSecond") > 0.0);
+    assert!(number(&v, "/ratio") > 0.0);
+    assert!(number(&v, "/rss/peakMbDuringDrain") > 0.0);
+    assert!(v["rss"]["how"].as_str().unwrap().contains("VmHWM"));
+    assert!(number(&v, "/cxone/importRequests") >= 1.0);
+    assert!(v["cxone"]["jobRequests"].is_u64());
+    assert!(number(&v, "/cxone/requestsPerChange") > 0.0);
+    assert!(number(&v, "/latency/p50Ms") >= 0.0);
+    assert!(number(&v, "/latency/p99Ms") >= number(&v, "/latency/p50Ms"));
+    assert_eq!(v["latency"]["ratePerSecond"], 1000.0);
+    assert_eq!(
+        v["workerExit"]["code"], 0,
+        "the worker stops cleanly on SIGTERM"
+    );
+    for t in [
+        "drainRatioAtLeast0.8",
+        "peakRssAtMost64Mb",
+        "requestsPerChangeAtMost1Per400",
+        "p99AtMostMaxWaitPlus150Ms",
+    ] {
+        assert!(v["targets"][t].is_boolean(), "target {t} missing: {v:#}");
+    }
+}
