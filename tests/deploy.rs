@@ -51,6 +51,7 @@ const KNOWN_METRICS: &[&str] = &[
     "csw_broker_reconnects_total",
     "csw_broker_connected",
     "csw_partitions_owned",
+    "csw_acks_sent_total",
     "csw_webhooks_total",
     "csw_cxone_requests_total",
     "csw_cxone_rate_limited_total",
