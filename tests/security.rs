@@ -104,15 +104,7 @@ async fn secrets_never_reach_the_logs() {
     );
     env.push(("CSW__TELEMETRY__LOG_FORMAT".into(), "json".into()));
     let log = log_path("secrets");
-    let file = std::fs::File::create(&log).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cxone-schedule-worker"))
-        .args(["--log-format", "json", "run"])
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("RUST_LOG", "debug")
-        .stdout(std::process::Stdio::null())
-        .stderr(file)
-        .spawn()
-        .unwrap();
+    let mut worker = WorkerProc::spawn_args(&["--log-format", "json", "run"], &env, &log, "debug");
 
     let http = reqwest::Client::new();
     let hook = format!("http://{http_addr}/webhooks/cxone");
@@ -195,14 +187,9 @@ async fn secrets_never_reach_the_logs() {
         .text()
         .await
         .unwrap();
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(40);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "worker did not stop");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    worker.sigterm();
+    let status = worker.wait_exit(Duration::from_secs(40)).await.unwrap();
+    assert!(status.success(), "exit after SIGTERM: {status:?}");
 
     let stats = sim.stats();
     assert!(
