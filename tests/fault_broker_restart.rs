@@ -50,14 +50,14 @@ async fn wait_broker_up(timeout: Duration) {
 async fn broker_restart_and_forced_close_lose_nothing() {
     let started = Instant::now();
     let sim = sim(SimConfig {
-        job_base_ms: 100,
+        job_base_ms: 50,
         ..fast_sim()
     })
     .await;
     let settings = settings(
         "brokerrestart",
         &sim.base_url(),
-        &[("CSW__BATCH__MAX_ENTRIES", "20")],
+        &[("CSW__BATCH__MAX_ENTRIES", "50")],
     );
     let collector = Collector::start(&settings).await;
     let publisher = Publisher::new(&settings).await;

@@ -28,14 +28,14 @@ async fn kill9_every_few_seconds_loses_nothing() {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
     let sim = sim(SimConfig {
-        job_base_ms: 100,
+        job_base_ms: 50,
         ..fast_sim()
     })
     .await;
     let settings = settings(
         "kill9",
         &sim.base_url(),
-        &[("CSW__BATCH__MAX_ENTRIES", "20")],
+        &[("CSW__BATCH__MAX_ENTRIES", "50")],
     );
     let collector = Collector::start(&settings).await;
     let publisher = Publisher::new(&settings).await;
@@ -57,7 +57,7 @@ async fn kill9_every_few_seconds_loses_nothing() {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        if settled || kills >= 15 {
+        if settled || kills >= 10 {
             break;
         }
         worker.kill9();
@@ -96,7 +96,7 @@ async fn cxone_faults_end_every_change_completed_or_failed() {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
     let sim = sim(SimConfig {
-        job_base_ms: 100,
+        job_base_ms: 50,
         fail_5xx_rate: 0.2,
         job_fail_rate: 0.05,
         token_ttl_s: 5,
@@ -106,11 +106,11 @@ async fn cxone_faults_end_every_change_completed_or_failed() {
     let settings = settings(
         "cxfaults",
         &sim.base_url(),
-        &[("CSW__BATCH__MAX_ENTRIES", "40")],
+        &[("CSW__BATCH__MAX_ENTRIES", "100")],
     );
     let collector = Collector::start(&settings).await;
     let publisher = Publisher::new(&settings).await;
-    let plan = workload(2, 2500, 80, 40);
+    let plan = workload(2, 2000, 60, 40);
     let env = worker_env(&settings, &[]);
     let log = log_path("cxfaults");
     let mut worker = WorkerProc::spawn(&env, &log, "warn");
@@ -180,7 +180,7 @@ async fn sigterm_under_load_exits_in_time_and_loses_nothing() {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
     let sim = sim(SimConfig {
-        job_base_ms: 100,
+        job_base_ms: 50,
         ..fast_sim()
     })
     .await;
@@ -189,13 +189,13 @@ async fn sigterm_under_load_exits_in_time_and_loses_nothing() {
         "sigterm-load",
         &sim.base_url(),
         &[
-            ("CSW__BATCH__MAX_ENTRIES", "20"),
+            ("CSW__BATCH__MAX_ENTRIES", "50"),
             ("CSW__SHUTDOWN__TIMEOUT_S", "6"),
         ],
     );
     let collector = Collector::start(&settings).await;
     let publisher = Publisher::new(&settings).await;
-    let plan = workload(3, 2000, 60, 40);
+    let plan = workload(3, 2000, 50, 40);
     let env = worker_env(&settings, &[]);
     let log = log_path("sigterm-load");
     publisher.publish_all(&plan).await;
@@ -236,7 +236,7 @@ async fn sigterm_under_load_exits_in_time_and_loses_nothing() {
         exits.push(took);
     }
     sim.set_faults(FaultsPatch {
-        job_base_ms: Some(100),
+        job_base_ms: Some(50),
         ..FaultsPatch::default()
     })
     .unwrap();
@@ -609,37 +609,39 @@ async fn hostile_input_is_rejected_without_crashing_or_bloating() {
     assert_eq!(worker.pid(), pid);
     let peak = worker.peak_rss_kib().unwrap_or(0);
 
-    let seen = collector.seen.lock().unwrap();
-    let o = outcomes(&seen);
-    for (h, id) in corpus.iter().zip(&ids) {
-        match h.expect {
-            Expect::Completed => assert!(!o.rejected.contains_key(id), "{}: rejected", h.name),
-            Expect::Rejected(code) => {
-                assert_eq!(o.rejected[id], code, "{}: rejection code", h.name);
-                let dl: Vec<&DeadLetter> = seen
-                    .dead
-                    .iter()
-                    .filter(|d| {
-                        d.message_id.as_deref() == h.props.message_id().as_ref().map(|m| m.as_str())
-                    })
-                    .collect();
-                assert_eq!(dl.len(), 1, "{}: one dead-letter copy", h.name);
-                assert_eq!(
-                    dl[0].code.as_deref(),
-                    Some(code),
-                    "{}: x-error-code",
-                    h.name
-                );
-                assert_eq!(
-                    dl[0].body_len,
-                    h.body.len(),
-                    "{}: body kept as received",
-                    h.name
-                );
+    {
+        let seen = collector.seen.lock().unwrap();
+        let o = outcomes(&seen);
+        for (h, id) in corpus.iter().zip(&ids) {
+            match h.expect {
+                Expect::Completed => assert!(!o.rejected.contains_key(id), "{}: rejected", h.name),
+                Expect::Rejected(code) => {
+                    assert_eq!(o.rejected[id], code, "{}: rejection code", h.name);
+                    let dl: Vec<&DeadLetter> = seen
+                        .dead
+                        .iter()
+                        .filter(|d| {
+                            d.message_id.as_deref()
+                                == h.props.message_id().as_ref().map(|m| m.as_str())
+                        })
+                        .collect();
+                    assert_eq!(dl.len(), 1, "{}: one dead-letter copy", h.name);
+                    assert_eq!(
+                        dl[0].code.as_deref(),
+                        Some(code),
+                        "{}: x-error-code",
+                        h.name
+                    );
+                    assert_eq!(
+                        dl[0].body_len,
+                        h.body.len(),
+                        "{}: body kept as received",
+                        h.name
+                    );
+                }
             }
         }
     }
-    drop(seen);
     wait_settled_and_drained(&collector, &[], &settings.amqp.inbound_queue, false, SETTLE).await;
     worker.sigterm();
     let status = worker.wait_exit(Duration::from_secs(40)).await.unwrap();

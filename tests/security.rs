@@ -454,8 +454,7 @@ async fn amqps_and_https_work_with_a_private_ca_and_fail_without_it() {
     .unwrap();
     let err = amqp::connect(&untrusted.amqp, "no-ca")
         .await
-        .err()
-        .expect("amqps without the CA fails");
+        .expect_err("amqps without the CA fails");
     assert!(err.to_string().contains("cannot connect"), "{err}");
     let client = CxoneClient::new(&untrusted.cxone, &RetrySettings::default()).unwrap();
     let err = client
