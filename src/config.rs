@@ -93,6 +93,10 @@ pub struct AmqpSettings {
     pub partitions: u16,
     pub reconnect_initial_ms: u64,
     pub reconnect_max_ms: u64,
+    /// PEM file of extra CA certificates trusted for `amqps://` (a private
+    /// CA); empty = the platform's trust store only.
+    #[serde(default)]
+    pub ca_file: String,
 }
 
 impl fmt::Debug for AmqpSettings {
@@ -110,6 +114,7 @@ impl fmt::Debug for AmqpSettings {
             .field("unrouted_max_length", &self.unrouted_max_length)
             .field("prefetch", &self.prefetch)
             .field("partitions", &self.partitions)
+            .field("ca_file", &self.ca_file)
             .finish_non_exhaustive()
     }
 }
@@ -190,6 +195,11 @@ pub struct CxoneSettings {
     /// worker paces itself instead of collecting 429s.
     #[serde(default)]
     pub max_requests_per_min: u32,
+    /// PEM file of extra CA certificates trusted for `https://` CXone URLs
+    /// (a private CA or TLS-inspecting proxy); empty = the platform's trust
+    /// store only.
+    #[serde(default)]
+    pub ca_file: String,
 }
 
 impl CxoneSettings {
@@ -383,6 +393,8 @@ impl Settings {
                 "grant_type = \"password\" needs cxone.access_key_id and cxone.access_key_secret",
             ));
         }
+        check_ca_file("amqp.ca_file", &a.ca_file)?;
+        check_ca_file("cxone.ca_file", &c.ca_file)?;
         positive("cxone.request_timeout_ms", c.request_timeout_ms)?;
         positive("cxone.connect_timeout_ms", c.connect_timeout_ms)?;
         positive(
@@ -423,6 +435,76 @@ impl Settings {
     pub fn batch_max_wait(&self) -> Duration {
         Duration::from_millis(self.batch.max_wait_ms)
     }
+}
+
+/// An empty path means "none"; otherwise the file must hold at least one
+/// PEM certificate.
+fn check_ca_file(key: &str, path: &str) -> Result<(), ConfigError> {
+    if path.is_empty() {
+        return Ok(());
+    }
+    load_ca_pem(path)
+        .map(|_| ())
+        .map_err(|m| ConfigError::invalid(key, m))
+}
+
+/// Reads a PEM bundle of CA certificates: its text and its certificates
+/// (DER). The message of an error says what to fix.
+pub fn load_ca_pem(path: &str) -> Result<(String, Vec<Vec<u8>>), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "cannot read CA file {path:?} ({e}); point it at a readable PEM file or leave it empty"
+        )
+    })?;
+    let mut certs = Vec::new();
+    for (i, block) in pem_blocks(&text).into_iter().enumerate() {
+        let (label, der) =
+            block.map_err(|m| format!("CA file {path:?}, PEM block {}: {m}", i + 1))?;
+        if label == "CERTIFICATE" {
+            certs.push(der);
+        }
+    }
+    if certs.is_empty() {
+        return Err(format!(
+            "CA file {path:?} holds no PEM certificate (-----BEGIN CERTIFICATE-----); give the CA certificate(s) in PEM"
+        ));
+    }
+    Ok((text, certs))
+}
+
+/// The `-----BEGIN X-----` … `-----END X-----` blocks of a PEM text, decoded.
+fn pem_blocks(text: &str) -> Vec<Result<(String, Vec<u8>), String>> {
+    use base64::Engine;
+    let mut out = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        let Some(label) = line
+            .trim()
+            .strip_prefix("-----BEGIN ")
+            .and_then(|l| l.strip_suffix("-----"))
+        else {
+            continue;
+        };
+        let end = format!("-----END {label}-----");
+        let mut b64 = String::new();
+        let mut closed = false;
+        for l in lines.by_ref() {
+            if l.trim() == end {
+                closed = true;
+                break;
+            }
+            b64.push_str(l.trim());
+        }
+        out.push(if !closed {
+            Err(format!("{label} block is not terminated by {end}"))
+        } else {
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.as_bytes())
+                .map(|der| (label.to_owned(), der))
+                .map_err(|e| format!("{label} block is not valid base64 ({e})"))
+        });
+    }
+    out
 }
 
 fn positive(key: &str, v: u64) -> Result<(), ConfigError> {
@@ -558,6 +640,46 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("/nonexistent.toml"), "{err}");
+    }
+
+    #[test]
+    fn ca_files_must_exist_and_hold_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let bad = dir.path().join("bad.pem");
+        std::fs::write(
+            &bad,
+            "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let good = dir.path().join("good.pem");
+        std::fs::write(
+            &good,
+            "-----BEGIN CERTIFICATE-----\nAAEC\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        for key in ["CSW__AMQP__CA_FILE", "CSW__CXONE__CA_FILE"] {
+            let name = key
+                .trim_start_matches("CSW__")
+                .replace("__", ".")
+                .to_lowercase();
+            for path in [
+                "/nonexistent/ca.pem".to_owned(),
+                empty.display().to_string(),
+                bad.display().to_string(),
+            ] {
+                let err = Settings::load_from(None, &env(&[(key, &path)]))
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.contains(&name), "{key}={path}: {err}");
+                assert!(!err.contains('\n'), "one line: {err}");
+            }
+            let s = Settings::load_from(None, &env(&[(key, &good.display().to_string())]));
+            assert!(s.is_ok(), "{key}: {:?}", s.err());
+        }
+        let d = Settings::defaults();
+        assert!(d.amqp.ca_file.is_empty() && d.cxone.ca_file.is_empty());
     }
 
     #[test]

@@ -17,12 +17,13 @@ pub use topology::{
 use std::time::Duration;
 
 use lapin::{
-    BasicProperties, Channel, Connection, ConnectionProperties,
+    BasicProperties, Channel, Connect, Connection, ConnectionProperties,
     options::{BasicPublishOptions, ConfirmSelectOptions},
+    tcp::OwnedTLSConfig,
     types::{AMQPValue, FieldTable, ShortString},
 };
 
-use crate::config::redact_url;
+use crate::config::{AmqpSettings, load_ca_pem, redact_url};
 
 /// Something went wrong with the broker.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +65,8 @@ pub enum AmqpError {
     },
     #[error("the broker connection is down; the message was not published")]
     Disconnected,
+    #[error("amqp.ca_file: {0}")]
+    CaFile(String),
 }
 
 impl AmqpError {
@@ -71,20 +74,35 @@ impl AmqpError {
     pub fn is_transient(&self) -> bool {
         !matches!(
             self,
-            AmqpError::Topology { .. } | AmqpError::Returned { .. }
+            AmqpError::Topology { .. } | AmqpError::Returned { .. } | AmqpError::CaFile(_)
         )
     }
 }
 
-/// Opens a connection named after this worker instance (shown in the management UI).
-pub async fn connect(url: &str, connection_name: &str) -> Result<Connection, AmqpError> {
+/// Opens a connection named after this worker instance (shown in the
+/// management UI). `amqps://` goes through rustls, trusting the platform's
+/// store plus the certificates of `amqp.ca_file` when set.
+pub async fn connect(amqp: &AmqpSettings, connection_name: &str) -> Result<Connection, AmqpError> {
     let props = ConnectionProperties::default().with_connection_name(connection_name.into());
-    Connection::connect(url, props)
+    let tls = OwnedTLSConfig {
+        identity: None,
+        cert_chain: if amqp.ca_file.is_empty() {
+            None
+        } else {
+            // Read on every connect: a rotated CA file is picked up on reconnect.
+            Some(load_ca_pem(&amqp.ca_file).map_err(AmqpError::CaFile)?.0)
+        },
+    };
+    let connect_error = |source| AmqpError::Connect {
+        url: redact_url(&amqp.url),
+        source,
+    };
+    let runtime = lapin::runtime::default_runtime().map_err(connect_error)?;
+    amqp.url
+        .as_str()
+        .connect_with_config(props, tls, runtime)
         .await
-        .map_err(|source| AmqpError::Connect {
-            url: redact_url(url),
-            source,
-        })
+        .map_err(connect_error)
 }
 
 /// A channel in confirm mode: every publish waits for the broker's ack, and a

@@ -555,7 +555,7 @@ impl Env {
         );
         super::demo::rename_topology(&mut settings.amqp, &prefix);
         settings.worker.instance_id = prefix.clone();
-        let conn = amqp::connect(&settings.amqp.url, "cxone-schedule-worker bench").await?;
+        let conn = amqp::connect(&settings.amqp, "cxone-schedule-worker bench").await?;
         let ch = conn.create_channel().await?;
         amqp::declare_topology(&ch, &settings.amqp).await?;
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
@@ -938,7 +938,7 @@ async fn raw_ceiling(env: &Env, n: usize, timeout_s: u64) -> Result<Raw, BenchEr
     .await?;
 
     // Its own connection, like a worker's.
-    let conn = amqp::connect(&env.settings.amqp.url, "cxone-schedule-worker bench raw").await?;
+    let conn = amqp::connect(&env.settings.amqp, "cxone-schedule-worker bench raw").await?;
     let ch = conn.create_channel().await?;
     ch.basic_qos(RAW_PREFETCH, BasicQosOptions::default())
         .await?;

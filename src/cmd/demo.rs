@@ -150,7 +150,7 @@ pub async fn run_demo(
     settings.http.listen = ([127, 0, 0, 1], 0).into();
     settings.worker.instance_id = prefix.clone();
 
-    let conn = amqp::connect(&settings.amqp.url, "cxone-schedule-worker demo").await?;
+    let conn = amqp::connect(&settings.amqp, "cxone-schedule-worker demo").await?;
     let ch = conn.create_channel().await?;
     amqp::declare_topology(&ch, &settings.amqp).await?;
     let tap_queue = format!("{prefix}.tap");

@@ -96,7 +96,7 @@ pub async fn run(args: PublishArgs, settings: &Settings) -> anyhow::Result<()> {
         ProgressStyle::with_template("{bar:40} {pos}/{len} changes published ({per_sec}) {eta}")
             .expect("static template"),
     );
-    let conn = amqp::connect(&settings.amqp.url, "cxone-schedule-worker publish").await?;
+    let conn = amqp::connect(&settings.amqp, "cxone-schedule-worker publish").await?;
     let ch = conn.create_channel().await.map_err(PublishError::Publish)?;
     amqp::declare_topology(&ch, &settings.amqp).await?;
     ch.confirm_select(ConfirmSelectOptions::default())

@@ -72,7 +72,8 @@ struct JobBody {
 impl CxoneClient {
     /// A client with a reqwest connection pool (rustls) built from the
     /// settings: `cxone.request_timeout_ms` bounds each HTTP exchange,
-    /// `cxone.connect_timeout_ms` each connect.
+    /// `cxone.connect_timeout_ms` each connect; `https://` trusts the
+    /// platform's store plus the certificates of `cxone.ca_file` when set.
     pub fn new(cfg: &CxoneSettings, retry: &RetrySettings) -> Result<Self, CxoneError> {
         let mut b = reqwest::Client::builder()
             .user_agent(concat!("cxone-schedule-worker/", env!("CARGO_PKG_VERSION")))
@@ -84,6 +85,27 @@ impl CxoneClient {
         }
         if cfg.connect_timeout_ms > 0 {
             b = b.connect_timeout(Duration::from_millis(cfg.connect_timeout_ms));
+        }
+        if !cfg.ca_file.is_empty() {
+            // Extra roots on top of the platform's trust store.
+            let ca_error = |message: String| CxoneError::Permanent {
+                endpoint: "client",
+                status: None,
+                message: format!("cxone.ca_file: {message}"),
+                body: None,
+            };
+            let (_, ders) = crate::config::load_ca_pem(&cfg.ca_file).map_err(ca_error)?;
+            let certs = ders
+                .iter()
+                .map(|der| reqwest::Certificate::from_der(der))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    ca_error(format!(
+                        "{:?} holds a certificate that cannot be used ({e}); give the CA certificate(s) in PEM",
+                        cfg.ca_file
+                    ))
+                })?;
+            b = b.tls_certs_merge(certs);
         }
         let http = b.build().map_err(|e| CxoneError::Permanent {
             endpoint: "client",

@@ -198,7 +198,7 @@ async fn session(
     tasks: &TaskTracker,
     control: &Control,
 ) -> Result<SessionEnd, AmqpError> {
-    let conn = amqp::connect(&cfg.amqp.url, &cfg.connection_name).await?;
+    let conn = amqp::connect(&cfg.amqp, &cfg.connection_name).await?;
     let setup = conn
         .create_channel()
         .await

@@ -103,10 +103,16 @@ async fn import(ctx: &ImportContext, batch: &mut Batch, change_ids: &[String]) -
         .iter()
         .map(|a| a.change.capacity_minutes)
         .sum();
-    let traceparent = batch
-        .changes
-        .first()
-        .and_then(|a| a.msg.traceparent.clone());
+    // Only a well-formed W3C traceparent travels on (to CXone as an HTTP
+    // header, to the events as an AMQP header): a malformed one from a
+    // publisher must not fail the import (reqwest refuses header values with
+    // control characters) nor reach listeners.
+    let traceparent = crate::telemetry::outgoing_traceparent(
+        batch
+            .changes
+            .first()
+            .and_then(|a| a.msg.traceparent.as_deref()),
+    );
     let tp = traceparent.as_deref();
     let payload = ImportPayload {
         schedule_entries: batch

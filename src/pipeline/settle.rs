@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use futures_util::future::try_join_all;
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use std::collections::BTreeMap;
+
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -102,15 +104,7 @@ impl Outbound {
         // Header values are capped so a long error list cannot exceed frame limits.
         let message = truncate(message, 4000);
         try_join_all(messages.iter().map(|m| {
-            let mut headers = m.properties.headers().clone().unwrap_or_default();
-            headers.insert(
-                "x-error-code".into(),
-                AMQPValue::LongString(LongString::from(code)),
-            );
-            headers.insert(
-                "x-error-message".into(),
-                AMQPValue::LongString(LongString::from(message)),
-            );
+            let headers = dead_letter_headers(m.properties.headers().as_ref(), code, message);
             let props = m
                 .properties
                 .clone()
@@ -142,6 +136,79 @@ impl Outbound {
     }
 }
 
+/// Bytes a dead-letter copy's header table may take. The broker refuses a
+/// content header larger than its frame (131072 bytes by default) by closing
+/// the whole connection, so a copy of a message whose headers nearly filled
+/// the frame would, with `x-error-*` added, fail on every redelivery and take
+/// every in-flight delivery down with it. Well under the default frame size,
+/// with room for the other properties.
+pub const DEAD_LETTER_HEADER_BUDGET: usize = 96 * 1024;
+
+/// The original headers plus `x-error-code` and `x-error-message`. When that
+/// exceeds [`DEAD_LETTER_HEADER_BUDGET`], the largest original headers are
+/// dropped until it fits, and their names listed in `x-dropped-headers`.
+pub fn dead_letter_headers(original: Option<&FieldTable>, code: &str, message: &str) -> FieldTable {
+    let mut kept: BTreeMap<ShortString, AMQPValue> =
+        original.map(|t| t.inner().clone()).unwrap_or_default();
+    kept.remove("x-error-code");
+    kept.remove("x-error-message");
+    kept.remove("x-dropped-headers");
+    let ours = 3 * 256 + code.len() + message.len();
+    let mut total: usize = kept.iter().map(|(k, v)| entry_len(k, v)).sum::<usize>() + ours;
+    let mut dropped = Vec::new();
+    while total > DEAD_LETTER_HEADER_BUDGET {
+        let Some((name, len)) = kept
+            .iter()
+            .map(|(k, v)| (k.clone(), entry_len(k, v)))
+            .max_by_key(|(_, len)| *len)
+        else {
+            break;
+        };
+        kept.remove(&name);
+        total -= len;
+        dropped.push(name.as_str().to_owned());
+    }
+    let mut headers = FieldTable::from(kept);
+    headers.insert(
+        "x-error-code".into(),
+        AMQPValue::LongString(LongString::from(code)),
+    );
+    headers.insert(
+        "x-error-message".into(),
+        AMQPValue::LongString(LongString::from(message)),
+    );
+    if !dropped.is_empty() {
+        tracing::warn!(headers = ?dropped, "dead-letter copy too large for an AMQP frame; dropped its largest headers");
+        headers.insert(
+            "x-dropped-headers".into(),
+            AMQPValue::LongString(LongString::from(truncate(&dropped.join(","), 1024))),
+        );
+    }
+    headers
+}
+
+/// An upper bound of a table entry's AMQP 0-9-1 encoding: name, type, value.
+fn entry_len(name: &ShortString, v: &AMQPValue) -> usize {
+    1 + name.as_str().len() + value_len(v)
+}
+
+fn value_len(v: &AMQPValue) -> usize {
+    1 + match v {
+        AMQPValue::ShortString(s) => 1 + s.as_str().len(),
+        AMQPValue::LongString(s) => 4 + s.as_bytes().len(),
+        AMQPValue::ByteArray(b) => 4 + b.as_slice().len(),
+        AMQPValue::FieldArray(a) => 4 + a.as_slice().iter().map(value_len).sum::<usize>(),
+        AMQPValue::FieldTable(t) => {
+            4 + t
+                .inner()
+                .iter()
+                .map(|(k, v)| entry_len(k, v))
+                .sum::<usize>()
+        }
+        _ => 8,
+    }
+}
+
 fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
@@ -156,5 +223,46 @@ fn truncate(s: &str, max: usize) -> &str {
 impl From<AmqpError> for Abandoned {
     fn from(e: AmqpError) -> Self {
         Abandoned(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn long(n: usize) -> AMQPValue {
+        AMQPValue::LongString(LongString::from("h".repeat(n)))
+    }
+
+    #[test]
+    fn small_headers_are_kept_and_the_error_added() {
+        let mut t = FieldTable::default();
+        t.insert("traceparent".into(), long(55));
+        t.insert("x-error-code".into(), long(3));
+        let h = dead_letter_headers(Some(&t), "INVALID_JSON", "bad");
+        assert!(h.contains_key("traceparent"));
+        assert!(!h.contains_key("x-dropped-headers"));
+        assert_eq!(
+            h.inner()["x-error-code"],
+            AMQPValue::LongString(LongString::from("INVALID_JSON"))
+        );
+    }
+
+    #[test]
+    fn headers_that_would_overflow_a_frame_are_dropped_largest_first() {
+        // Nearly a whole 128 KiB frame of headers, as a publisher may send.
+        let mut t = FieldTable::default();
+        t.insert("x-junk".into(), long(124_000));
+        t.insert("x-more".into(), long(5_000));
+        t.insert("keep-me".into(), long(10));
+        let h = dead_letter_headers(Some(&t), "MISSING_FIELD", &"m".repeat(4000));
+        let size: usize = h.inner().iter().map(|(k, v)| entry_len(k, v)).sum();
+        assert!(size <= DEAD_LETTER_HEADER_BUDGET, "{size}");
+        assert!(!h.contains_key("x-junk"));
+        assert!(h.contains_key("x-more") && h.contains_key("keep-me"));
+        assert_eq!(
+            h.inner()["x-dropped-headers"],
+            AMQPValue::LongString(LongString::from("x-junk"))
+        );
     }
 }

@@ -375,6 +375,18 @@ impl SimServer {
         self.state.traceparents()
     }
 
+    /// The last 1024 access tokens issued, oldest first: tests check that
+    /// none of them reaches a log.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.state.issued_tokens()
+    }
+
+    /// Revokes every issued token (as an expiry or a key rotation would):
+    /// the next API call with one is answered 401.
+    pub fn revoke_tokens(&self) {
+        self.state.revoke_tokens()
+    }
+
     /// A job's current status, if the simulator still remembers it.
     pub fn job_status(&self, job_id: &str) -> Option<JobStatus> {
         self.state.job_status(job_id)

@@ -30,6 +30,9 @@ pub const ALL_SCOPES: [&str; 4] = [
     SCOPE_JOBS_READ,
 ];
 
+/// How many issued tokens [`SimState::issued_tokens`] remembers.
+pub const ISSUED_KEPT: usize = 1024;
+
 /// Scopes as a bit set, in [`ALL_SCOPES`] order.
 pub fn scope_bit(scope: &str) -> Option<u8> {
     ALL_SCOPES.iter().position(|s| *s == scope).map(|i| 1 << i)
@@ -111,6 +114,9 @@ pub struct SimState {
     /// accept path, so a key can never start two jobs.
     idempotency: Mutex<HashMap<(String, String), IdemRec>>,
     buckets: Mutex<HashMap<String, Bucket>>,
+    /// The last [`ISSUED_KEPT`] access tokens issued, for tests that check
+    /// no token reaches a log (`SimServer::issued_tokens`).
+    issued: Mutex<std::collections::VecDeque<String>>,
     shutdown: CancellationToken,
     /// Cancelled by reset: jobs of an earlier epoch stop without touching
     /// the fresh state.
@@ -140,6 +146,7 @@ impl SimState {
             calendars: Mutex::default(),
             idempotency: Mutex::default(),
             buckets: Mutex::default(),
+            issued: Mutex::default(),
             epoch: Mutex::new(shutdown.child_token()),
             shutdown,
             webhook_http,
@@ -217,6 +224,13 @@ impl SimState {
 
     pub fn issue_token(&self, client_id: &str, scopes: u8, ttl: Duration) -> String {
         let value = hex::encode(rand::random::<[u8; 24]>());
+        {
+            let mut issued = self.issued.lock();
+            if issued.len() >= ISSUED_KEPT {
+                issued.pop_front();
+            }
+            issued.push_back(value.clone());
+        }
         self.tokens.lock().insert(
             value.clone(),
             TokenInfo {
@@ -226,6 +240,16 @@ impl SimState {
             },
         );
         value
+    }
+
+    /// The most recently issued access tokens, oldest first.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.issued.lock().iter().cloned().collect()
+    }
+
+    /// Forgets every issued token: the next API call with one gets 401.
+    pub fn revoke_tokens(&self) {
+        self.tokens.lock().clear();
     }
 
     /// The token's client and scopes, or why it is refused.

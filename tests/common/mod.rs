@@ -2,6 +2,8 @@
 //! topology per test, and an independent model of the roster.
 #![allow(dead_code)]
 
+pub mod faults;
+
 use std::{
     collections::{BTreeMap, HashMap},
     sync::atomic::{AtomicU64, Ordering},
