@@ -102,7 +102,8 @@ impl Outbound {
         // Header values are capped so a long error list cannot exceed frame limits.
         let message = truncate(message, 4000);
         try_join_all(messages.iter().map(|m| {
-            let mut headers = m.properties.headers().clone().unwrap_or_default();
+            let props = m.properties.to_basic();
+            let mut headers = props.headers().clone().unwrap_or_default();
             headers.insert(
                 "x-error-code".into(),
                 AMQPValue::LongString(LongString::from(code)),
@@ -111,11 +112,7 @@ impl Outbound {
                 "x-error-message".into(),
                 AMQPValue::LongString(LongString::from(message)),
             );
-            let props = m
-                .properties
-                .clone()
-                .with_headers(headers)
-                .with_delivery_mode(2);
+            let props = props.with_headers(headers).with_delivery_mode(2);
             self.publish(&self.dead_letter_exchange, &m.routing_key, &m.body, props)
         }))
         .await?;
