@@ -96,6 +96,24 @@ impl PropsInterner {
     }
 }
 
+/// Acks a set of deliveries, grouped by the channel they came on.
+pub async fn ack_all<'a>(messages: impl IntoIterator<Item = &'a InboundMessage>) {
+    let mut groups: Vec<(Arc<AckTracker>, Vec<u64>)> = Vec::new();
+    for m in messages {
+        match groups.iter_mut().find(|(t, _)| Arc::ptr_eq(t, &m.acks)) {
+            Some((_, tags)) => tags.push(m.tag),
+            None => groups.push((m.acks.clone(), vec![m.tag])),
+        }
+    }
+    for (tracker, tags) in groups {
+        if let Err(e) = tracker.settle(&tags).await {
+            // The channel died: the broker redelivers these, and the redelivered
+            // copies settle on the new channel.
+            tracing::warn!(error = %e, count = tags.len(), "could not ack deliveries of a closed channel; the broker will redeliver them");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,23 +141,5 @@ mod tests {
         assert_eq!(inone.to_basic(), none);
         assert_eq!(inone.message_id(), None);
         assert_eq!(ib.message_id(), Some("m-2"));
-    }
-}
-
-/// Acks a set of deliveries, grouped by the channel they came on.
-pub async fn ack_all<'a>(messages: impl IntoIterator<Item = &'a InboundMessage>) {
-    let mut groups: Vec<(Arc<AckTracker>, Vec<u64>)> = Vec::new();
-    for m in messages {
-        match groups.iter_mut().find(|(t, _)| Arc::ptr_eq(t, &m.acks)) {
-            Some((_, tags)) => tags.push(m.tag),
-            None => groups.push((m.acks.clone(), vec![m.tag])),
-        }
-    }
-    for (tracker, tags) in groups {
-        if let Err(e) = tracker.settle(&tags).await {
-            // The channel died: the broker redelivers these, and the redelivered
-            // copies settle on the new channel.
-            tracing::warn!(error = %e, count = tags.len(), "could not ack deliveries of a closed channel; the broker will redeliver them");
-        }
     }
 }
