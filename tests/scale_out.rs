@@ -10,9 +10,9 @@ use std::{
 };
 
 use common::*;
-use cxone_schedule_worker::{amqp, cmd::publish::publish_all, sim::SimConfig};
+use cxone_schedule_worker::{cmd::publish::publish_all, sim::SimConfig};
 use indicatif::ProgressBar;
-use lapin::options::{ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::options::ConfirmSelectOptions;
 
 fn spawn_replica(env: &[(String, String)], id: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_cxone-schedule-worker"))
@@ -141,24 +141,6 @@ async fn three_replicas_share_twelve_partitions_and_survive_a_kill() {
             .status();
         let status = r.wait().unwrap();
         assert!(status.success(), "replica exit: {status:?}");
-    }
-    let a = &settings.amqp;
-    let cleanup = tap.conn.create_channel().await.unwrap();
-    for i in 0..12 {
-        let _ = cleanup
-            .queue_delete(
-                amqp::partition_queue_name(a, i).as_str().into(),
-                QueueDeleteOptions::default(),
-            )
-            .await;
-    }
-    for e in [
-        amqp::partition_exchange_name(a),
-        amqp::members_exchange_name(a),
-    ] {
-        let _ = cleanup
-            .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
-            .await;
     }
     tap.cleanup().await;
     sim.shutdown().await;

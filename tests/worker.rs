@@ -546,14 +546,6 @@ async fn webhook_for_another_replica_is_relayed_to_the_owner() {
             lapin::options::QueueDeleteOptions::default(),
         )
         .await;
-    let _ = ch
-        .exchange_delete(
-            cxone_schedule_worker::amqp::webhook_relay_exchange_name(&owner_settings.amqp)
-                .as_str()
-                .into(),
-            lapin::options::ExchangeDeleteOptions::default(),
-        )
-        .await;
     tap.cleanup().await;
     sim.shutdown().await;
 }

@@ -10,8 +10,8 @@ mod topology;
 
 pub use acks::AckTracker;
 pub use topology::{
-    declare_topology, members_exchange_name, partition_exchange_name, partition_queue_name,
-    webhook_relay_exchange_name,
+    declare_topology, delete_topology, members_exchange_name, partition_exchange_name,
+    partition_queue_name, webhook_relay_exchange_name,
 };
 
 use std::time::Duration;

@@ -232,3 +232,34 @@ async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str) -> Result<()
         source,
     })
 }
+
+/// Deletes everything [`declare_topology`] declares (for the demo, the
+/// benchmark and tests, which run on their own uniquely named topology).
+/// Best effort: what is already gone is skipped.
+pub async fn delete_topology(ch: &Channel, s: &AmqpSettings) {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    let mut queues = vec![
+        s.inbound_queue.clone(),
+        s.dead_letter_queue.clone(),
+        s.unrouted_events_queue.clone(),
+    ];
+    queues.extend((0..s.partitions.max(1)).map(|i| partition_queue_name(s, i)));
+    for q in queues {
+        let _ = ch
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for e in [
+        s.inbound_exchange.clone(),
+        s.dead_letter_exchange.clone(),
+        s.events_exchange.clone(),
+        s.unrouted_events_queue.clone(),
+        webhook_relay_exchange_name(s),
+        members_exchange_name(s),
+        partition_exchange_name(s),
+    ] {
+        let _ = ch
+            .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+}

@@ -31,7 +31,7 @@ use lapin::{
     BasicProperties, Channel, Connection,
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-        ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+        ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
     },
     types::{AMQPValue, FieldTable, LongString},
 };
@@ -80,7 +80,7 @@ pub struct BenchArgs {
     /// `imports.max_concurrent` for the worker [throughput: 16; api-bound: 3].
     #[arg(long)]
     pub max_concurrent: Option<usize>,
-    /// `amqp.prefetch` for the worker [throughput: calendars × batch.max_entries + max_concurrent × batch.max_entries, at most 65535; api-bound: derived].
+    /// `amqp.prefetch` for the worker [throughput: (calendars + 2 × max_concurrent) × batch.max_entries, at most 65535; api-bound: derived].
     #[arg(long)]
     pub prefetch: Option<u16>,
     /// Steady publish rate of the latency phase, changes per second.
@@ -177,8 +177,11 @@ async fn throughput(args: &BenchArgs, settings: Settings) -> Result<Value, Bench
     let order = args.order.unwrap_or(Order::Interleaved);
     let max_concurrent = args.max_concurrent.unwrap_or(16).max(1);
     let max_entries = settings.batch.max_entries;
+    // Full batches from C interleaved calendars need C x max_entries held
+    // deliveries, plus room for the batches closed and waiting for or in
+    // an import slot.
     let prefetch = args.prefetch.unwrap_or_else(|| {
-        ((calendars + max_concurrent) * max_entries).clamp(1, usize::from(u16::MAX)) as u16
+        ((calendars + 2 * max_concurrent) * max_entries).clamp(1, usize::from(u16::MAX)) as u16
     });
     let latency_s = args
         .latency_seconds
@@ -819,27 +822,12 @@ impl Env {
             return;
         };
         let a = &self.settings.amqp;
-        for q in [
-            &a.inbound_queue,
-            &a.dead_letter_queue,
-            &a.unrouted_events_queue,
-            &self.tap_queue,
-            &self.raw_queue,
-        ] {
+        for q in [&self.tap_queue, &self.raw_queue] {
             let _ = ch
                 .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
                 .await;
         }
-        for e in [
-            &a.inbound_exchange,
-            &a.dead_letter_exchange,
-            &a.events_exchange,
-            &a.unrouted_events_queue,
-        ] {
-            let _ = ch
-                .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
-        }
+        amqp::delete_topology(&ch, a).await;
         let _ = self.conn.close(200, "bench done".into()).await;
     }
 }

@@ -14,8 +14,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lapin::{
     Channel, Connection,
     options::{
-        BasicConsumeOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueBindOptions,
-        QueueDeclareOptions, QueueDeleteOptions,
+        BasicConsumeOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
+        QueueDeleteOptions,
     },
     types::FieldTable,
 };
@@ -339,27 +339,9 @@ async fn cleanup(conn: &Connection, a: &AmqpSettings, tap_queue: &str) {
     let Ok(ch) = conn.create_channel().await else {
         return;
     };
-    for q in [
-        &a.inbound_queue,
-        &a.dead_letter_queue,
-        &a.unrouted_events_queue,
-    ] {
-        let _ = ch
-            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
     let _ = ch
         .queue_delete(tap_queue.into(), QueueDeleteOptions::default())
         .await;
-    for e in [
-        &a.inbound_exchange,
-        &a.dead_letter_exchange,
-        &a.events_exchange,
-        &a.unrouted_events_queue,
-    ] {
-        let _ = ch
-            .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
-            .await;
-    }
+    amqp::delete_topology(&ch, a).await;
     let _ = conn.close(200, "demo done".into()).await;
 }

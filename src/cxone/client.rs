@@ -164,23 +164,43 @@ impl CxoneClient {
         idempotency_key: &str,
         traceparent: Option<&str>,
     ) -> Result<Submitted, CxoneError> {
+        let body: Bytes = serde_json::to_vec(payload)
+            .map_err(|e| CxoneError::Permanent {
+                endpoint: IMPORT,
+                status: None,
+                message: format!("cannot serialise the import payload: {e}"),
+                body: None,
+            })?
+            .into();
+        self.submit_import_body(
+            body,
+            &payload.target_calendar_id,
+            payload.schedule_entries.len(),
+            idempotency_key,
+            traceparent,
+        )
+        .await
+    }
+
+    /// Like [`CxoneClient::submit_import`] with the payload already
+    /// serialised (the worker builds it as changes join a batch).
+    pub async fn submit_import_body(
+        &self,
+        body: Bytes,
+        calendar_id: &str,
+        entries: usize,
+        idempotency_key: &str,
+        traceparent: Option<&str>,
+    ) -> Result<Submitted, CxoneError> {
         let span = tracing::info_span!(
             "cxone.submit_import",
-            calendar_id = %payload.target_calendar_id,
-            entries = payload.schedule_entries.len(),
+            calendar_id,
+            entries,
             idempotency_key,
             job_id = tracing::field::Empty,
             attempts = tracing::field::Empty,
         );
         async {
-            let body: Bytes = serde_json::to_vec(payload)
-                .map_err(|e| CxoneError::Permanent {
-                    endpoint: IMPORT,
-                    status: None,
-                    message: format!("cannot serialise the import payload: {e}"),
-                    body: None,
-                })?
-                .into();
             let url = format!("{}/api/v2/wfm/schedules/import", self.inner.base_url);
             let (accepted, attempts) = self
                 .execute(

@@ -28,7 +28,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
 use super::{
-    InboundMessage,
+    InboundMessage, PropsInterner,
     coordinator::{Accepted, Input},
     events,
     jobs::JobRegistry,
@@ -243,6 +243,7 @@ async fn session(
         "connected to the broker"
     );
 
+    let mut props = PropsInterner::default();
     let mut health = tokio::time::interval(Duration::from_millis(250));
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     loop {
@@ -250,7 +251,7 @@ async fn session(
             delivery = streams.next(), if !streams.is_empty() => match delivery {
                 Some((i, Ok(delivery))) => {
                     if let Some(sub) = active.get(&i) {
-                        handle(cfg, delivery, &sub.tracker, coordinator, outbound, tasks).await;
+                        handle(cfg, delivery, &sub.tracker, &mut props, coordinator, outbound, tasks);
                     }
                 }
                 Some((i, Err(e))) => {
@@ -462,10 +463,11 @@ async fn close_quietly(conn: &Connection) {
     }
 }
 
-async fn handle(
+fn handle(
     cfg: &ConsumerConfig,
     delivery: lapin::message::Delivery,
     tracker: &Arc<AckTracker>,
+    interner: &mut PropsInterner,
     coordinator: &mpsc::UnboundedSender<Input>,
     outbound: &Outbound,
     tasks: &TaskTracker,
@@ -487,7 +489,7 @@ async fn handle(
         acks: tracker.clone(),
         traceparent: header_str(props.headers().as_ref(), "traceparent"),
         body: delivery.data,
-        properties: props,
+        properties: interner.intern(props),
         routing_key: delivery.routing_key.to_string(),
         received_at,
         redelivered: delivery.redelivered,

@@ -16,7 +16,7 @@ use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::InboundMessage;
-use crate::domain::{ConflictResolution, ValidChange, ValidationMode};
+use crate::domain::{ConflictResolution, ScheduleEntry, ValidChange, ValidationMode};
 
 /// A valid change and its delivery.
 pub struct Accepted {
@@ -140,18 +140,58 @@ impl BatchRules {
     }
 }
 
+/// A change in a batch: what its import and settlement still need. Its
+/// entries are already serialised into the batch's request body.
+pub struct Held {
+    pub change_id: String,
+    pub capacity_minutes: u64,
+    pub validation: Duration,
+    pub msg: InboundMessage,
+}
+
 /// Changes for one import: same calendar, mode and conflict resolution, no
 /// two overlapping entries for one agent.
 pub struct Batch {
     pub calendar_id: String,
     pub validation_mode: ValidationMode,
     pub conflict_resolution: ConflictResolution,
-    /// Boxed as they arrive: growing the list moves pointers, not deliveries.
-    pub changes: Vec<Box<Accepted>>,
+    /// Boxed: growing the list moves pointers, not deliveries.
+    pub changes: Vec<Box<Held>>,
     pub entry_count: usize,
     pub shared: Arc<BatchShared>,
     seq: u64,
     rules: BatchRules,
+    /// The import request body so far: `{"scheduleEntries":[` and every
+    /// entry, serialised once as its change joins (the parsed entries are
+    /// dropped, which is most of a held change's memory).
+    body: Vec<u8>,
+}
+
+const BODY_HEAD: &[u8] = br#"{"scheduleEntries":["#;
+
+fn append_entries(body: &mut Vec<u8>, entries: &[ScheduleEntry]) {
+    for entry in entries {
+        if body.len() > BODY_HEAD.len() {
+            body.push(b',');
+        }
+        serde_json::to_writer(&mut *body, entry).expect("a schedule entry serialises");
+    }
+}
+
+fn finish_body(
+    mut body: Vec<u8>,
+    mode: ValidationMode,
+    conflict: ConflictResolution,
+    calendar_id: &str,
+) -> Vec<u8> {
+    body.extend_from_slice(br#"],"validationMode":"#);
+    serde_json::to_writer(&mut body, &mode).expect("an enum serialises");
+    body.extend_from_slice(br#","conflictResolution":"#);
+    serde_json::to_writer(&mut body, &conflict).expect("an enum serialises");
+    body.extend_from_slice(br#","targetCalendarId":"#);
+    serde_json::to_writer(&mut body, calendar_id).expect("a string serialises");
+    body.push(b'}');
+    body
 }
 
 impl Batch {
@@ -165,6 +205,7 @@ impl Batch {
             shared: BatchShared::new(),
             seq,
             rules: BatchRules::new(first),
+            body: BODY_HEAD.to_vec(),
         }
     }
 
@@ -172,18 +213,37 @@ impl Batch {
         self.rules.accepts(change, max_entries)
     }
 
-    fn push(&mut self, mut accepted: Box<Accepted>) {
-        self.rules.add(&mut accepted.change);
+    fn push(&mut self, accepted: Box<Accepted>) {
+        let Accepted {
+            mut change,
+            msg,
+            validation,
+        } = *accepted;
+        self.rules.add(&mut change);
         self.entry_count = self.rules.entry_count();
-        self.changes.push(accepted);
+        append_entries(&mut self.body, &change.entries);
+        self.changes.push(Box::new(Held {
+            change_id: change.change_id,
+            capacity_minutes: change.capacity_minutes,
+            validation,
+            msg,
+        }));
+    }
+
+    /// The `POST .../schedules/import` body, byte for byte what serialising
+    /// the batch's [`crate::domain::ImportPayload`] gives. Takes the buffer.
+    pub fn take_import_body(&mut self) -> Vec<u8> {
+        finish_body(
+            std::mem::take(&mut self.body),
+            self.validation_mode,
+            self.conflict_resolution,
+            &self.calendar_id,
+        )
     }
 
     /// Change ids in batch order.
     pub fn change_ids(&self) -> Vec<String> {
-        self.changes
-            .iter()
-            .map(|a| a.change.change_id.clone())
-            .collect()
+        self.changes.iter().map(|a| a.change_id.clone()).collect()
     }
 }
 
@@ -471,5 +531,65 @@ async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{AvailabilityOverride, Break, ImportPayload, OverrideType};
+
+    fn entry(agent: &str, with_extras: bool) -> ScheduleEntry {
+        ScheduleEntry {
+            agent_id: agent.into(),
+            start_date_time: "2024-01-15T08:00:00.000+01:00".into(),
+            end_date_time: "2024-01-15T16:00:00Z".into(),
+            breaks: if with_extras {
+                vec![Break {
+                    start_offset_minutes: 240,
+                    duration_minutes: 30,
+                }]
+            } else {
+                vec![]
+            },
+            availability_overrides: if with_extras {
+                vec![AvailabilityOverride {
+                    kind: OverrideType::Unavailable,
+                    reason: Some("TRAINING \"q\"".into()),
+                    start: None,
+                    end: None,
+                }]
+            } else {
+                vec![]
+            },
+        }
+    }
+
+    #[test]
+    fn the_incremental_body_is_the_serialised_payload() {
+        let changes = [
+            vec![entry("a", true)],
+            vec![entry("b", false), entry("c\u{e9}", true)],
+        ];
+        let mut body = BODY_HEAD.to_vec();
+        for c in &changes {
+            append_entries(&mut body, c);
+        }
+        let body = finish_body(
+            body,
+            ValidationMode::Lenient,
+            ConflictResolution::AutoResolve,
+            "cal-\"1\"",
+        );
+        let payload = ImportPayload {
+            schedule_entries: changes.concat(),
+            validation_mode: ValidationMode::Lenient,
+            conflict_resolution: ConflictResolution::AutoResolve,
+            target_calendar_id: "cal-\"1\"".into(),
+        };
+        assert_eq!(
+            String::from_utf8(body).unwrap(),
+            String::from_utf8(serde_json::to_vec(&payload).unwrap()).unwrap()
+        );
     }
 }

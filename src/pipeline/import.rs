@@ -13,10 +13,7 @@ use super::{
     jobs::{JobEnd, JobRegistry, PollPolicy, follow},
     settle::Outbound,
 };
-use crate::{
-    cxone::{CxoneClient, JobStatus},
-    domain::ImportPayload,
-};
+use crate::cxone::{CxoneClient, JobStatus};
 
 /// Everything an import needs, shared by all of them.
 pub struct ImportContext {
@@ -89,6 +86,7 @@ pub async fn run(ctx: &ImportContext, mut batch: Batch) {
 /// Returns whether the batch was settled (event published, deliveries acked).
 async fn import(ctx: &ImportContext, batch: &mut Batch, change_ids: &[String]) -> bool {
     let batch_id = batch_id(&batch.calendar_id, change_ids);
+    let body = batch.take_import_body();
     let calendar_id = batch.calendar_id.as_str();
     tracing::Span::current().record("batch_id", batch_id.as_str());
     let started = batch
@@ -98,11 +96,7 @@ async fn import(ctx: &ImportContext, batch: &mut Batch, change_ids: &[String]) -
         .min()
         .unwrap_or_else(Instant::now);
     let validation: Duration = batch.changes.iter().map(|a| a.validation).sum();
-    let capacity: u64 = batch
-        .changes
-        .iter()
-        .map(|a| a.change.capacity_minutes)
-        .sum();
+    let capacity: u64 = batch.changes.iter().map(|a| a.capacity_minutes).sum();
     // Only a well-formed W3C traceparent travels on (to CXone as an HTTP
     // header, to the events as an AMQP header): a malformed one from a
     // publisher must not fail the import (reqwest refuses header values with
@@ -114,21 +108,13 @@ async fn import(ctx: &ImportContext, batch: &mut Batch, change_ids: &[String]) -
             .and_then(|a| a.msg.traceparent.as_deref()),
     );
     let tp = traceparent.as_deref();
-    let payload = ImportPayload {
-        schedule_entries: batch
-            .changes
-            .iter_mut()
-            .flat_map(|a| std::mem::take(&mut a.change.entries))
-            .collect(),
-        validation_mode: batch.validation_mode,
-        conflict_resolution: batch.conflict_resolution,
-        target_calendar_id: batch.calendar_id.clone(),
-    };
     let entry_count = batch.entry_count;
 
     let request_started = Instant::now();
-    let submitted = ctx.client.submit_import(&payload, &batch_id, tp).await;
-    drop(payload);
+    let submitted = ctx
+        .client
+        .submit_import_body(body.into(), calendar_id, entry_count, &batch_id, tp)
+        .await;
     let request_ms = ms(request_started.elapsed());
     metrics::histogram!("csw_stage_duration_seconds", "stage" => "request")
         .record(request_started.elapsed().as_secs_f64());

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use lapin::BasicProperties;
+use lapin::{BasicProperties, types::ShortString};
 
 use crate::amqp::AckTracker;
 
@@ -31,7 +31,7 @@ pub struct InboundMessage {
     /// The channel the delivery came on; acks go back through it.
     pub acks: Arc<AckTracker>,
     pub body: Vec<u8>,
-    pub properties: BasicProperties,
+    pub properties: MessageProps,
     pub routing_key: String,
     pub received_at: Instant,
     pub traceparent: Option<String>,
@@ -41,7 +41,58 @@ pub struct InboundMessage {
 
 impl InboundMessage {
     pub fn message_id(&self) -> Option<&str> {
-        self.properties.message_id().as_ref().map(|s| s.as_str())
+        self.properties.message_id()
+    }
+}
+
+/// A delivery's AMQP properties, exactly as received, held compactly: a
+/// worker holds tens of thousands of deliveries while batches fill, and
+/// their properties differ, as a rule, only in `message_id`. Everything else
+/// is shared with the previous delivery when it is the same.
+pub struct MessageProps {
+    /// The properties with `message_id` blanked when it is set.
+    shared: Arc<BasicProperties>,
+    message_id: Option<ShortString>,
+}
+
+impl MessageProps {
+    pub fn message_id(&self) -> Option<&str> {
+        self.message_id.as_ref().map(ShortString::as_str)
+    }
+
+    /// The properties as received.
+    pub fn to_basic(&self) -> BasicProperties {
+        let p = (*self.shared).clone();
+        match &self.message_id {
+            Some(id) => p.with_message_id(id.clone()),
+            None => p,
+        }
+    }
+}
+
+/// Shares equal properties between consecutive deliveries.
+#[derive(Default)]
+pub struct PropsInterner {
+    last: Option<Arc<BasicProperties>>,
+}
+
+impl PropsInterner {
+    pub fn intern(&mut self, props: BasicProperties) -> MessageProps {
+        let message_id = props.message_id().clone();
+        let stripped = if message_id.is_some() {
+            props.with_message_id(ShortString::from(""))
+        } else {
+            props
+        };
+        let shared = match &self.last {
+            Some(last) if **last == stripped => last.clone(),
+            _ => {
+                let shared = Arc::new(stripped);
+                self.last = Some(shared.clone());
+                shared
+            }
+        };
+        MessageProps { shared, message_id }
     }
 }
 
@@ -60,5 +111,35 @@ pub async fn ack_all<'a>(messages: impl IntoIterator<Item = &'a InboundMessage>)
             // copies settle on the new channel.
             tracing::warn!(error = %e, count = tags.len(), "could not ack deliveries of a closed channel; the broker will redeliver them");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interned_properties_come_back_as_received() {
+        let mut interner = PropsInterner::default();
+        let a = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_message_id("m-1".into());
+        let b = a.clone().with_message_id("m-2".into());
+        let none = BasicProperties::default().with_content_type("application/json".into());
+        let (ia, ib, inone) = (
+            interner.intern(a.clone()),
+            interner.intern(b.clone()),
+            interner.intern(none.clone()),
+        );
+        assert!(
+            Arc::ptr_eq(&ia.shared, &ib.shared),
+            "shared when only the id differs"
+        );
+        assert_eq!(ia.to_basic(), a);
+        assert_eq!(ib.to_basic(), b);
+        assert_eq!(inone.to_basic(), none);
+        assert_eq!(inone.message_id(), None);
+        assert_eq!(ib.message_id(), Some("m-2"));
     }
 }

@@ -383,30 +383,14 @@ impl Tap {
 
     /// Deletes everything this test declared.
     pub async fn cleanup(self) {
-        let a = &self.settings.amqp;
         let ch = self.conn.create_channel().await.unwrap();
-        for q in [
-            &a.inbound_queue,
-            &a.dead_letter_queue,
-            &a.unrouted_events_queue,
-            &self.events_queue,
-        ] {
-            let _ = ch
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        let relay = amqp::webhook_relay_exchange_name(a);
-        for e in [
-            &a.inbound_exchange,
-            &a.dead_letter_exchange,
-            &a.events_exchange,
-            &a.unrouted_events_queue,
-            &relay,
-        ] {
-            let _ = ch
-                .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
-        }
+        let _ = ch
+            .queue_delete(
+                self.events_queue.as_str().into(),
+                QueueDeleteOptions::default(),
+            )
+            .await;
+        amqp::delete_topology(&ch, &self.settings.amqp).await;
         let _ = self.conn.close(200, "bye".into()).await;
     }
 }
