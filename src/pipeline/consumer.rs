@@ -475,6 +475,16 @@ fn handle(
     let received_at = Instant::now();
     tracker.register(delivery.delivery_tag);
     metrics::counter!("csw_changes_received_total").increment(1);
+    // One span per delivery, at debug level: at the default `info` filter it
+    // costs nothing on the hot path; batches and imports have info spans.
+    let span = tracing::debug_span!(
+        "delivery",
+        delivery_tag = delivery.delivery_tag,
+        redelivered = delivery.redelivered,
+        change_id = tracing::field::Empty,
+        calendar_id = tracing::field::Empty,
+    );
+    let _entered = span.enter();
     let props = delivery.properties;
     let parsed = {
         let meta = MessageMeta {
@@ -494,6 +504,16 @@ fn handle(
         received_at,
         redelivered: delivery.redelivered,
     };
+    match &parsed {
+        Ok(c) => {
+            span.record("change_id", c.change_id.as_str());
+            span.record("calendar_id", c.calendar_id.as_str());
+        }
+        Err(r) => {
+            span.record("change_id", r.change_id.as_str());
+        }
+    }
+    tracing::debug!(valid = parsed.is_ok(), "delivery validated");
     match parsed {
         Ok(change) => {
             let _ = coordinator.send(Input::Change(Box::new(Accepted {
