@@ -437,32 +437,19 @@ fn check_mode(
     required: bool,
     errs: &mut Errors,
 ) -> Option<ValidationMode> {
-    const EXPECTED: &str = "\"STRICT\" or \"LENIENT\"";
-    if v.is_unset() {
-        if required {
-            errs.missing(path.to_owned(), "validationMode", EXPECTED);
-        }
-        return None;
-    }
-    match v.as_str() {
-        Some("STRICT") => Some(ValidationMode::Strict),
-        Some("LENIENT") => Some(ValidationMode::Lenient),
-        Some(s) => {
-            errs.push(
-                ErrorCode::InvalidField,
-                path.to_owned(),
-                format!(
-                    "validationMode {} is not known; expected {EXPECTED}",
-                    show_str(s)
-                ),
-            );
-            None
-        }
-        None => {
-            errs.wrong_type(path.to_owned(), "validationMode", v, EXPECTED);
-            None
-        }
-    }
+    check_keyword(
+        v,
+        path,
+        required,
+        errs,
+        "validationMode",
+        "\"STRICT\" or \"LENIENT\"",
+        |s| match s {
+            "STRICT" => Some(ValidationMode::Strict),
+            "LENIENT" => Some(ValidationMode::Lenient),
+            _ => None,
+        },
+    )
 }
 
 fn check_resolution(
@@ -471,28 +458,48 @@ fn check_resolution(
     required: bool,
     errs: &mut Errors,
 ) -> Option<ConflictResolution> {
-    const EXPECTED: &str = "\"AUTO_RESOLVE\"";
+    check_keyword(
+        v,
+        path,
+        required,
+        errs,
+        "conflictResolution",
+        "\"AUTO_RESOLVE\"",
+        |s| (s == "AUTO_RESOLVE").then_some(ConflictResolution::AutoResolve),
+    )
+}
+
+/// A string field holding one of a few keywords: missing (when required),
+/// of the wrong JSON type, or an unknown keyword are errors.
+fn check_keyword<T>(
+    v: &Scalar<'_>,
+    path: &str,
+    required: bool,
+    errs: &mut Errors,
+    field: &str,
+    expected: &str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Option<T> {
     if v.is_unset() {
         if required {
-            errs.missing(path.to_owned(), "conflictResolution", EXPECTED);
+            errs.missing(path.to_owned(), field, expected);
         }
         return None;
     }
     match v.as_str() {
-        Some("AUTO_RESOLVE") => Some(ConflictResolution::AutoResolve),
         Some(s) => {
-            errs.push(
-                ErrorCode::InvalidField,
-                path.to_owned(),
-                format!(
-                    "conflictResolution {} is not known; expected {EXPECTED}",
-                    show_str(s)
-                ),
-            );
-            None
+            let parsed = parse(s);
+            if parsed.is_none() {
+                errs.push(
+                    ErrorCode::InvalidField,
+                    path.to_owned(),
+                    format!("{field} {} is not known; expected {expected}", show_str(s)),
+                );
+            }
+            parsed
         }
         None => {
-            errs.wrong_type(path.to_owned(), "conflictResolution", v, EXPECTED);
+            errs.wrong_type(path.to_owned(), field, v, expected);
             None
         }
     }
