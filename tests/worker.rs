@@ -65,11 +65,7 @@ async fn roster_across_many_calendars_matches_auto_resolve() {
     let submitted = tap.events_of("schedule.import.submitted").len();
     assert!(submitted >= tap.events_of("schedule.import.completed").len());
 
-    worker.shutdown();
-    worker.wait().await.unwrap();
-    assert_eq!(tap.inbound_ready().await, 0, "every delivery acked");
-    tap.cleanup().await;
-    sim.shutdown().await;
+    assert_eq!(finish(worker, tap, sim).await, 0, "every delivery acked");
 }
 
 /// A change overlapping the open batch closes it: the calendar's imports
@@ -109,10 +105,7 @@ async fn overlapping_change_starts_the_next_batch_in_order() {
             ("a2".into(), at(15, 8), at(15, 16)),
         ]
     );
-    worker.shutdown();
-    worker.wait().await.unwrap();
-    tap.cleanup().await;
-    sim.shutdown().await;
+    finish(worker, tap, sim).await;
 }
 
 /// The same changeId twice while the first is open: imported once, both acked.
@@ -145,11 +138,7 @@ async fn repeated_change_id_is_imported_once() {
     assert_eq!(completed.len(), 1);
     assert_eq!(completed[0]["data"]["changeIds"], json!(["same", "other"]));
     assert_eq!(sim.stats().imports_accepted, 1);
-    worker.shutdown();
-    worker.wait().await.unwrap();
-    assert_eq!(tap.inbound_ready().await, 0, "both deliveries acked");
-    tap.cleanup().await;
-    sim.shutdown().await;
+    assert_eq!(finish(worker, tap, sim).await, 0, "both deliveries acked");
 }
 
 /// Every rejection that can reach the worker: event, dead-letter copy with
@@ -269,11 +258,7 @@ async fn bad_input_is_rejected_dead_lettered_and_acked() {
     let mut done = tap.change_ids_in("schedule.import.completed");
     done.sort();
     assert_eq!(done, ["good-1", "good-3"]);
-    worker.shutdown();
-    worker.wait().await.unwrap();
-    assert_eq!(tap.inbound_ready().await, 0);
-    tap.cleanup().await;
-    sim.shutdown().await;
+    assert_eq!(finish(worker, tap, sim).await, 0);
 }
 
 /// A job that ends FAILED: failed event, dead-letter copies, acks.
@@ -305,11 +290,7 @@ async fn failed_job_dead_letters_its_changes() {
             .all(|(_, h)| header(h, "x-error-code").as_deref() == Some("JOB_FAILED"))
     );
     assert!(sim.shifts("cal-f").is_empty());
-    worker.shutdown();
-    worker.wait().await.unwrap();
-    assert_eq!(tap.inbound_ready().await, 0);
-    tap.cleanup().await;
-    sim.shutdown().await;
+    assert_eq!(finish(worker, tap, sim).await, 0);
 }
 
 /// CXone rate-limits hard: the worker backs off and still imports everything.
@@ -345,10 +326,7 @@ async fn rate_limit_storm_still_imports_everything() {
             "roster of {cal}"
         );
     }
-    worker.shutdown();
-    worker.wait().await.unwrap();
-    tap.cleanup().await;
-    sim.shutdown().await;
+    finish(worker, tap, sim).await;
 }
 
 /// With a webhook secret, a signed webhook completes the job: polling is set
@@ -410,10 +388,7 @@ async fn webhook_completes_imports_before_polling() {
     let reply: serde_json::Value = r.json().await.unwrap();
     assert_eq!(reply["relayed"], true);
 
-    worker.shutdown();
-    worker.wait().await.unwrap();
-    tap.cleanup().await;
-    sim.shutdown().await;
+    finish(worker, tap, sim).await;
 }
 
 /// Without a webhook secret the route does not exist; health and readiness answer.
@@ -492,10 +467,7 @@ async fn http_endpoints_answer() {
     ] {
         assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
     }
-    worker.shutdown();
-    worker.wait().await.unwrap();
-    tap.cleanup().await;
-    sim.shutdown().await;
+    finish(worker, tap, sim).await;
 }
 
 /// A webhook that reaches a replica not following the job is relayed over the
@@ -594,10 +566,7 @@ async fn traceparent_travels_from_inbound_to_cxone_and_events() {
     );
     let seen = sim.traceparents_seen();
     assert!(!seen.is_empty() && seen.iter().all(|s| s == tp), "{seen:?}");
-    worker.shutdown();
-    worker.wait().await.unwrap();
-    tap.cleanup().await;
-    sim.shutdown().await;
+    finish(worker, tap, sim).await;
 }
 
 /// Every validation code reaches the worker's rejection path with that code:
@@ -707,9 +676,5 @@ async fn every_validation_code_is_rejected_with_that_code() {
         0,
         "nothing invalid reaches CXone"
     );
-    worker.shutdown();
-    worker.wait().await.unwrap();
-    assert_eq!(tap.inbound_ready().await, 0);
-    tap.cleanup().await;
-    sim.shutdown().await;
+    assert_eq!(finish(worker, tap, sim).await, 0);
 }

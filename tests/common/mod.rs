@@ -12,7 +12,7 @@ use std::{
 
 use chrono::DateTime;
 use cxone_schedule_worker::{
-    amqp,
+    amqp, app,
     config::Settings,
     domain::ScheduleEntry,
     sim::{SimConfig, SimServer},
@@ -147,6 +147,18 @@ pub fn env_of(s: &Settings) -> Vec<(String, String)> {
         ("CXONE_AUTH_URL".into(), s.cxone.auth_url.clone()),
         ("CSW__HTTP__LISTEN".into(), "127.0.0.1:0".into()),
     ]
+}
+
+/// Stops the worker gracefully, then removes the test's topology and the
+/// simulator. Returns the messages left ready in the inbound queue once the
+/// worker stopped (unacked ones are back in the queue by then).
+pub async fn finish(worker: app::AppHandle, tap: Tap, sim: SimServer) -> u32 {
+    worker.shutdown();
+    worker.wait().await.expect("graceful shutdown");
+    let left = tap.inbound_ready().await;
+    tap.cleanup().await;
+    sim.shutdown().await;
+    left
 }
 
 /// The simulator with instant jobs unless told otherwise.
