@@ -140,13 +140,15 @@ pub async fn start(settings: Settings) -> Result<AppHandle, AppError> {
             max_entries: settings.batch.max_entries,
             max_wait: settings.batch_max_wait(),
             max_concurrent: settings.imports.max_concurrent,
+            window: consumer::window(settings.effective_prefetch(), settings.amqp.partitions),
         },
         move |batch| {
             let ctx = ctx.clone();
             import_tasks.spawn(async move { import::run(&ctx, batch).await });
         },
     );
-    let coordinator_task = tokio::spawn(coordinator.run(coord_rx, drain.clone()));
+    let (intake, coordinator_run) = coordinator.start(coord_rx, drain.clone());
+    let coordinator_task = tokio::spawn(coordinator_run);
 
     let http_state = HttpState {
         broker_ready: control.ready.clone(),
@@ -183,7 +185,7 @@ pub async fn start(settings: Settings) -> Result<AppHandle, AppError> {
     let consumer_task = tokio::spawn(consumer::run(
         consumer_cfg,
         publisher_tx,
-        coord_tx,
+        intake,
         outbound,
         tasks.clone(),
         control,

@@ -108,6 +108,51 @@ async fn overlapping_change_starts_the_next_batch_in_order() {
     finish(worker, tap, sim).await;
 }
 
+/// When the worker holds a full prefetch window and no import is running,
+/// nothing more can arrive: it sends its open batches at once (the same
+/// batches the timer would send) instead of idling until `max_wait_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_window_with_nothing_in_flight_sends_without_waiting() {
+    let sim = sim(fast_sim()).await;
+    let settings = settings(
+        "window",
+        &sim.base_url(),
+        &[
+            ("CSW__AMQP__PREFETCH", "6"),
+            // Ten minutes: far beyond the test's deadline, so only the
+            // window trigger can send these batches in time.
+            ("CSW__BATCH__MAX_WAIT_MS", "600000"),
+        ],
+    );
+    let mut tap = Tap::new(&settings).await;
+    let worker = app::start(settings.clone()).await.unwrap();
+
+    // Two rounds of six changes, two per calendar: each round fills the
+    // window exactly.
+    let mut ids = Vec::new();
+    for round in 0..2 {
+        for i in 0..6 {
+            let id = format!("w{round}-{i}");
+            let cal = format!("cal-{}", i % 3);
+            let agent = format!("a{round}-{i}");
+            tap.publish(&change(&id, &cal, &[(&agent, &at(15, 8), &at(15, 16))]))
+                .await;
+            ids.push(id);
+        }
+    }
+    tap.wait_completed(&ids, WAIT).await;
+    let completed = tap.events_of("schedule.import.completed");
+    assert_eq!(completed.len(), 6, "one batch per calendar per window");
+    for e in &completed {
+        let changes = e["data"]["changeIds"].as_array().unwrap();
+        assert_eq!(changes.len(), 2, "both of a calendar's changes: {e}");
+    }
+    for c in 0..3 {
+        assert_eq!(sim.shifts(&format!("cal-{c}")).len(), 4);
+    }
+    assert_eq!(finish(worker, tap, sim).await, 0, "nothing left unacked");
+}
+
 /// The same changeId twice while the first is open: imported once, both acked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_change_id_is_imported_once() {

@@ -19,17 +19,14 @@ use lapin::{
     types::{AMQPValue, FieldTable, ShortString},
 };
 use std::collections::HashMap;
-use tokio::{
-    sync::{mpsc, watch},
-    time::Instant,
-};
+use tokio::{sync::watch, time::Instant};
 use tokio_stream::StreamMap;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
 use super::{
     InboundMessage, PropsInterner,
-    coordinator::{Accepted, Input},
+    coordinator::{Accepted, Intake},
     events,
     jobs::JobRegistry,
     membership::{HEARTBEAT, Members},
@@ -78,7 +75,7 @@ enum SessionEnd {
 pub async fn run(
     cfg: ConsumerConfig,
     publisher: watch::Sender<Option<Publisher>>,
-    coordinator: mpsc::UnboundedSender<Input>,
+    coordinator: Intake,
     outbound: Outbound,
     tasks: TaskTracker,
     control: Control,
@@ -156,7 +153,7 @@ async fn subscribe(
     // Prefetch is the only backpressure (lapin buffers without bound), and it
     // must be applied again on every new channel. It counts per consumer, so
     // with partitions it is split evenly: the total never exceeds amqp.prefetch.
-    let per_queue = (cfg.prefetch / cfg.amqp.partitions.max(1)).max(1);
+    let per_queue = per_queue_prefetch(cfg.prefetch, cfg.amqp.partitions);
     channel
         .basic_qos(per_queue, BasicQosOptions::default())
         .await
@@ -193,7 +190,7 @@ struct Heartbeat {
 async fn session(
     cfg: &ConsumerConfig,
     publisher_tx: &watch::Sender<Option<Publisher>>,
-    coordinator: &mpsc::UnboundedSender<Input>,
+    coordinator: &Intake,
     outbound: &Outbound,
     tasks: &TaskTracker,
     control: &Control,
@@ -244,6 +241,7 @@ async fn session(
     );
 
     let mut props = PropsInterner::default();
+    let received_total = metrics::counter!("csw_changes_received_total");
     let mut health = tokio::time::interval(Duration::from_millis(250));
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     loop {
@@ -251,7 +249,7 @@ async fn session(
             delivery = streams.next(), if !streams.is_empty() => match delivery {
                 Some((i, Ok(delivery))) => {
                     if let Some(sub) = active.get(&i) {
-                        handle(cfg, delivery, &sub.tracker, &mut props, coordinator, outbound, tasks);
+                        handle(cfg, &received_total, delivery, &sub.tracker, &mut props, coordinator, outbound, tasks);
                     }
                 }
                 Some((i, Err(e))) => {
@@ -450,6 +448,17 @@ async fn next_of(
     }
 }
 
+/// Each partition queue's share of `amqp.prefetch`.
+fn per_queue_prefetch(prefetch: u16, partitions: u16) -> u16 {
+    (prefetch / partitions.max(1)).max(1)
+}
+
+/// The most deliveries the broker lets this worker hold at once: every
+/// queue's prefetch, when it consumes every partition.
+pub fn window(prefetch: u16, partitions: u16) -> usize {
+    usize::from(per_queue_prefetch(prefetch, partitions)) * usize::from(partitions.max(1))
+}
+
 fn consume_args() -> FieldTable {
     let mut args = FieldTable::default();
     // Consumer priorities let single-active-consumer partitions prefer live replicas.
@@ -463,18 +472,20 @@ async fn close_quietly(conn: &Connection) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn handle(
     cfg: &ConsumerConfig,
+    received_total: &metrics::Counter,
     delivery: lapin::message::Delivery,
     tracker: &Arc<AckTracker>,
     interner: &mut PropsInterner,
-    coordinator: &mpsc::UnboundedSender<Input>,
+    coordinator: &Intake,
     outbound: &Outbound,
     tasks: &TaskTracker,
 ) {
     let received_at = Instant::now();
     tracker.register(delivery.delivery_tag);
-    metrics::counter!("csw_changes_received_total").increment(1);
+    received_total.increment(1);
     // One span per delivery, at debug level: at the default `info` filter it
     // costs nothing on the hot path; batches and imports have info spans.
     let span = tracing::debug_span!(
@@ -516,11 +527,11 @@ fn handle(
     tracing::debug!(valid = parsed.is_ok(), "delivery validated");
     match parsed {
         Ok(change) => {
-            let _ = coordinator.send(Input::Change(Box::new(Accepted {
+            coordinator.add(Accepted {
                 change,
                 msg,
                 validation,
-            })));
+            });
         }
         Err(rejection) => {
             let outbound = outbound.clone();

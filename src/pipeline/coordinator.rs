@@ -8,11 +8,17 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
     hash::{BuildHasher, RandomState},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
-use tokio::{sync::mpsc, time::Instant};
+use tokio::{
+    sync::{Notify, mpsc},
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::InboundMessage;
@@ -25,14 +31,15 @@ pub struct Accepted {
     pub validation: Duration,
 }
 
-/// What the coordinator hears.
+/// What the coordinator task hears (changes come in through [`Intake`]).
 pub enum Input {
-    Change(Box<Accepted>),
     /// An import ended: the calendar is free again. `settled` when its event
     /// was published and its deliveries acked.
     Finished {
         calendar_id: String,
         change_ids: Vec<String>,
+        /// How many deliveries the batch held, repeats of a changeId included.
+        deliveries: usize,
         settled: bool,
     },
 }
@@ -42,12 +49,16 @@ pub enum Input {
 #[derive(Default)]
 pub struct BatchShared {
     duplicates: Mutex<Option<Vec<InboundMessage>>>,
+    /// How many repeats ever attached (they stay counted after settlement
+    /// takes them), so the coordinator can count the batch's deliveries.
+    attached: AtomicUsize,
 }
 
 impl BatchShared {
     fn new() -> Arc<BatchShared> {
         Arc::new(BatchShared {
             duplicates: Mutex::new(Some(Vec::new())),
+            attached: AtomicUsize::new(0),
         })
     }
 
@@ -56,10 +67,16 @@ impl BatchShared {
         match self.duplicates.lock().expect("batch lock").as_mut() {
             Some(list) => {
                 list.push(msg);
+                self.attached.fetch_add(1, Ordering::Relaxed);
                 None
             }
             None => Some(msg),
         }
+    }
+
+    /// How many repeated deliveries attached to the batch.
+    pub fn attached(&self) -> usize {
+        self.attached.load(Ordering::Relaxed)
     }
 
     /// Takes the repeated deliveries for settlement; later repeats are new changes.
@@ -213,12 +230,12 @@ impl Batch {
         self.rules.accepts(change, max_entries)
     }
 
-    fn push(&mut self, accepted: Box<Accepted>) {
+    fn push(&mut self, accepted: Accepted) {
         let Accepted {
             mut change,
             msg,
             validation,
-        } = *accepted;
+        } = accepted;
         self.rules.add(&mut change);
         self.entry_count = self.rules.entry_count();
         append_entries(&mut self.body, &change.entries);
@@ -264,11 +281,23 @@ pub struct Limits {
     pub max_entries: usize,
     pub max_wait: Duration,
     pub max_concurrent: usize,
+    /// The most deliveries the broker lets this worker hold (the sum of its
+    /// consumers' prefetch); 0 turns the window trigger off. When the
+    /// coordinator holds that many and no import is in flight or waiting,
+    /// nothing can be delivered, so no batch can grow until one is sent:
+    /// every open batch is sent at once instead of waiting out
+    /// `batch.max_wait_ms` (the batches are the ones the timer would send,
+    /// only without the stall).
+    pub window: usize,
 }
 
-pub struct Coordinator<D> {
+/// Starts an import of a batch; whoever runs it sends [`Input::Finished`]
+/// when the batch is settled.
+pub type Dispatch = Box<dyn FnMut(Batch) + Send>;
+
+pub struct Coordinator {
     limits: Limits,
-    dispatch: D,
+    dispatch: Dispatch,
     calendars: HashMap<String, Calendar>,
     /// Calendars with a closed batch and nothing in flight, oldest first.
     ready: VecDeque<String>,
@@ -285,8 +314,13 @@ pub struct Coordinator<D> {
     recent_old: HashSet<IdKey>,
     ids: IdHasher,
     in_flight: usize,
+    /// Deliveries in batches (open, queued or in flight), repeats included.
+    held: usize,
     next_seq: u64,
     draining: bool,
+    /// Looked up once: `counter!` finds its series by hashing the name on
+    /// every call, which showed in the per-delivery profile.
+    accepted_total: metrics::Counter,
 }
 
 /// How many settled changeIds to remember for redeliveries.
@@ -307,13 +341,40 @@ impl IdHasher {
     }
 }
 
-impl<D: FnMut(Batch)> Coordinator<D> {
-    /// `dispatch` starts an import of the batch; whoever runs it sends
-    /// [`Input::Finished`] when the batch is settled.
-    pub fn new(limits: Limits, dispatch: D) -> Self {
+/// Where the consumer hands valid changes over: straight into the batches,
+/// under a short lock, on the consumer's own task. (A queue of parsed
+/// changes in between held, at the benchmark's peak, most of the prefetch
+/// window in its largest form; a batch keeps a change as its serialised
+/// entries and its delivery.)
+#[derive(Clone)]
+pub struct Intake {
+    state: Arc<parking_lot::Mutex<Coordinator>>,
+    /// Wakes the coordinator task when a batch opens with no other timer set.
+    opened: Arc<Notify>,
+}
+
+impl Intake {
+    pub fn add(&self, accepted: Accepted) {
+        let mut c = self.state.lock();
+        let timers_before = c.ages.len();
+        c.add(accepted);
+        if c.window_stalled() {
+            c.close_all_open();
+        }
+        c.dispatch_ready();
+        let first_timer = timers_before == 0 && !c.ages.is_empty();
+        drop(c);
+        if first_timer {
+            self.opened.notify_one();
+        }
+    }
+}
+
+impl Coordinator {
+    pub fn new(limits: Limits, dispatch: impl FnMut(Batch) + Send + 'static) -> Self {
         Coordinator {
             limits,
-            dispatch,
+            dispatch: Box::new(dispatch),
             calendars: HashMap::new(),
             ready: VecDeque::new(),
             ready_set: HashSet::new(),
@@ -323,49 +384,81 @@ impl<D: FnMut(Batch)> Coordinator<D> {
             recent_old: HashSet::new(),
             ids: IdHasher::default(),
             in_flight: 0,
+            held: 0,
             next_seq: 0,
             draining: false,
+            accepted_total: metrics::counter!("csw_changes_accepted_total"),
         }
     }
 
-    /// Runs until `drain` is cancelled and every batch has been imported and settled.
-    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Input>, drain: CancellationToken) {
+    /// Splits the coordinator into the consumer's [`Intake`] and the task
+    /// that runs timers, finished imports and draining: it returns when
+    /// `drain` is cancelled and every batch has been imported and settled.
+    pub fn start(
+        self,
+        rx: mpsc::UnboundedReceiver<Input>,
+        drain: CancellationToken,
+    ) -> (Intake, impl Future<Output = ()> + Send + 'static) {
+        let intake = Intake {
+            state: Arc::new(parking_lot::Mutex::new(self)),
+            opened: Arc::new(Notify::new()),
+        };
+        (intake.clone(), Self::run(intake, rx, drain))
+    }
+
+    async fn run(intake: Intake, mut rx: mpsc::UnboundedReceiver<Input>, drain: CancellationToken) {
         loop {
-            if self.draining && self.is_empty() && rx.is_empty() {
-                return;
-            }
-            let next_age = self.ages.front().map(|(at, _, _)| *at);
+            let (draining, next_age) = {
+                let c = intake.state.lock();
+                if c.draining && c.is_empty() && rx.is_empty() {
+                    return;
+                }
+                (c.draining, c.ages.front().map(|(at, _, _)| *at))
+            };
             tokio::select! {
                 biased;
                 input = rx.recv() => match input {
-                    Some(input) => self.handle(input),
+                    Some(input) => intake.state.lock().handle(input),
                     None => return,
                 },
-                _ = drain.cancelled(), if !self.draining => {
-                    self.draining = true;
-                    self.close_all();
+                _ = drain.cancelled(), if !draining => {
+                    intake.state.lock().draining = true;
                 }
-                _ = sleep_until_opt(next_age) => self.close_aged(Instant::now()),
+                // A batch opened with no timer running: take its deadline.
+                _ = intake.opened.notified() => {}
+                _ = sleep_until_opt(next_age) => intake.state.lock().close_aged(Instant::now()),
             }
-            if self.draining {
-                self.close_all();
+            let mut c = intake.state.lock();
+            if c.draining || (rx.is_empty() && c.window_stalled()) {
+                c.close_all_open();
             }
-            self.dispatch_ready();
+            c.dispatch_ready();
         }
+    }
+
+    /// The broker's window is full of deliveries held here and nothing is
+    /// on its way to free it: waiting would only delay the same batches.
+    pub fn window_stalled(&self) -> bool {
+        self.limits.window > 0
+            && self.held >= self.limits.window
+            && self.in_flight == 0
+            && self.ready.is_empty()
+            && self.calendars.values().any(|c| c.open.is_some())
     }
 
     fn is_empty(&self) -> bool {
         self.in_flight == 0 && self.calendars.values().all(Calendar::idle)
     }
 
-    pub fn handle(&mut self, input: Input) {
+    fn handle(&mut self, input: Input) {
         match input {
-            Input::Change(accepted) => self.add(accepted),
             Input::Finished {
                 calendar_id,
                 change_ids,
+                deliveries,
                 settled,
             } => {
+                self.held = self.held.saturating_sub(deliveries);
                 for id in &change_ids {
                     let key = self.ids.key(id);
                     self.owners.remove(&key);
@@ -377,6 +470,7 @@ impl<D: FnMut(Batch)> Coordinator<D> {
                     }
                 }
                 self.in_flight -= 1;
+                metrics::gauge!("csw_imports_in_flight").set(self.in_flight as f64);
                 if let Some(cal) = self.calendars.get_mut(&calendar_id) {
                     cal.in_flight = false;
                     if !cal.closed.is_empty() {
@@ -389,8 +483,8 @@ impl<D: FnMut(Batch)> Coordinator<D> {
         }
     }
 
-    fn add(&mut self, accepted: Box<Accepted>) {
-        metrics::counter!("csw_changes_accepted_total").increment(1);
+    fn add(&mut self, accepted: Accepted) {
+        self.accepted_total.increment(1);
         let key = self.ids.key(&accepted.change.change_id);
         if accepted.msg.redelivered
             && (self.recent.contains(&key) || self.recent_old.contains(&key))
@@ -407,22 +501,24 @@ impl<D: FnMut(Batch)> Coordinator<D> {
                     change,
                     msg,
                     validation,
-                } = *accepted;
+                } = accepted;
                 match owner.attach(msg) {
                     None => {
+                        self.held += 1;
                         metrics::counter!("csw_changes_duplicate_total").increment(1);
                         tracing::debug!(change_id = %change.change_id, "repeated changeId attached to its first delivery's batch");
                         return;
                     }
-                    Some(msg) => Box::new(Accepted {
+                    Some(msg) => Accepted {
                         change,
                         msg,
                         validation,
-                    }),
+                    },
                 }
             }
             None => accepted,
         };
+        self.held += 1;
         let calendar_id = accepted.change.calendar_id.clone();
         let max = self.limits.max_entries;
         let cal = self.calendars.entry(calendar_id.clone()).or_default();
@@ -466,7 +562,7 @@ impl<D: FnMut(Batch)> Coordinator<D> {
         }
     }
 
-    fn close_all(&mut self) {
+    fn close_all_open(&mut self) {
         let ids: Vec<String> = self
             .calendars
             .iter()
@@ -503,6 +599,9 @@ impl<D: FnMut(Batch)> Coordinator<D> {
     }
 
     fn dispatch_ready(&mut self) {
+        if self.ready.is_empty() {
+            return;
+        }
         while self.in_flight < self.limits.max_concurrent {
             let Some(calendar_id) = self.ready.pop_front() else {
                 break;

@@ -76,9 +76,11 @@ pub async fn run(ctx: &ImportContext, mut batch: Batch) {
             false
         }
     };
+    let deliveries = batch.changes.len() + batch.shared.attached();
     let _ = ctx.coordinator.send(Input::Finished {
         calendar_id,
         change_ids,
+        deliveries,
         settled,
     });
 }
