@@ -49,6 +49,10 @@ fn throughput_bench_reports_every_figure() {
     assert!(number(&v, "/ratio") > 0.0);
     assert!(number(&v, "/rss/peakMbDuringDrain") > 0.0);
     assert!(v["rss"]["how"].as_str().unwrap().contains("VmHWM"));
+    assert!(
+        v["cpuDuringDrain"]["workerSeconds"].is_number(),
+        "the worker's CPU time over the drain: {v:#}"
+    );
     assert!(number(&v, "/cxone/importRequests") >= 1.0);
     assert!(v["cxone"]["jobRequests"].is_u64());
     assert!(number(&v, "/cxone/requestsPerChange") > 0.0);

@@ -80,7 +80,7 @@ pub struct BenchArgs {
     /// `imports.max_concurrent` for the worker [throughput: 16; api-bound: 3].
     #[arg(long)]
     pub max_concurrent: Option<usize>,
-    /// `amqp.prefetch` for the worker [throughput: (calendars + 2 × max_concurrent) × batch.max_entries, at most 65535; api-bound: derived].
+    /// `amqp.prefetch` for the worker [throughput: calendars × batch.max_entries, at most 65535; api-bound: derived].
     #[arg(long)]
     pub prefetch: Option<u16>,
     /// Steady publish rate of the latency phase, changes per second.
@@ -178,11 +178,11 @@ async fn throughput(args: &BenchArgs, settings: Settings) -> Result<Value, Bench
     let max_concurrent = args.max_concurrent.unwrap_or(16).max(1);
     let max_entries = settings.batch.max_entries;
     // Full batches from C interleaved calendars need C x max_entries held
-    // deliveries, plus room for the batches closed and waiting for or in
-    // an import slot.
-    let prefetch = args.prefetch.unwrap_or_else(|| {
-        ((calendars + 2 * max_concurrent) * max_entries).clamp(1, usize::from(u16::MAX)) as u16
-    });
+    // deliveries; when the window is full and nothing is in flight the
+    // worker sends them at once (the window trigger), so no more is needed.
+    let prefetch = args
+        .prefetch
+        .unwrap_or_else(|| (calendars * max_entries).clamp(1, usize::from(u16::MAX)) as u16);
     let latency_s = args
         .latency_seconds
         .unwrap_or(if args.quick { 3.0 } else { 10.0 });
@@ -225,10 +225,16 @@ async fn throughput(args: &BenchArgs, settings: Settings) -> Result<Value, Bench
             let ready = worker.wait_ready(Duration::from_secs(60)).await?;
             eprintln!("bench: worker ready after {} ms; draining", ms(ready));
             let t0 = Instant::now();
+            let cpu0 = (worker.cpu_seconds(), broker_cpu_seconds());
             let mut tally = Tally::default();
             env.wait_completed(&mut tally, n, "drain", args.timeout_s, &worker.log)
                 .await?;
             let drain = tally.last_at.unwrap_or_else(Instant::now) - t0;
+            let cpu = json!({
+                "workerSeconds": cpu0.0.zip(worker.cpu_seconds()).map(|(a, b)| round3(b - a)),
+                "brokerSeconds": cpu0.1.zip(broker_cpu_seconds()).map(|(a, b)| round3(b - a)),
+                "how": "user + system CPU time over the drain, from /proc/<pid>/stat; the broker is the local beam.smp process, null when there is none",
+            });
             let drain_stats = sim.stats();
             let drain_imports = tally.imports;
             let rss_drain_kb = worker.vm_hwm_kb();
@@ -245,6 +251,7 @@ async fn throughput(args: &BenchArgs, settings: Settings) -> Result<Value, Bench
             Ok::<_, BenchError>((
                 ready,
                 drain,
+                cpu,
                 drain_stats,
                 drain_imports,
                 rss_drain_kb,
@@ -257,7 +264,8 @@ async fn throughput(args: &BenchArgs, settings: Settings) -> Result<Value, Bench
         let stopped = worker.stop().await;
         let final_stats = sim.stats();
         sim.shutdown().await;
-        let (ready, drain, stats, imports, rss_drain_kb, rss_end_kb, lat, failures) = outcome?;
+        let (ready, drain, cpu, stats, imports, rss_drain_kb, rss_end_kb, lat, failures) =
+            outcome?;
         if failures > 0 {
             return Err(BenchError::Failures(failures, worker.log.clone()));
         }
@@ -296,6 +304,7 @@ async fn throughput(args: &BenchArgs, settings: Settings) -> Result<Value, Bench
                 "completion": "webhook (polling as the fallback)",
             },
             "ratio": ratio.map(round3),
+            "cpuDuringDrain": cpu,
             "rss": {
                 "peakMbDuringDrain": rss_mb.map(round1),
                 "peakMbWholeRun": rss_end_kb.map(|kb| round1(kb as f64 / 1024.0)),
@@ -655,7 +664,20 @@ impl Env {
         let exe = std::env::current_exe()?;
         let log = std::env::temp_dir().join(format!("{}.worker.log", self.prefix));
         let log_file = std::fs::File::create(&log)?;
-        let child = std::process::Command::new(&exe)
+        // A profiler can wrap the child, e.g.
+        // CSW_BENCH_WORKER_WRAPPER="heaptrack -o /tmp/worker": the wrapper
+        // runs with the worker's command line after its own words.
+        let wrapper = std::env::var("CSW_BENCH_WORKER_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut command = match words.next() {
+            Some(program) => {
+                let mut c = std::process::Command::new(program);
+                c.args(words).arg(&exe);
+                c
+            }
+            None => std::process::Command::new(&exe),
+        };
+        let child = command
             .arg("run")
             .envs(env)
             .stdin(Stdio::null())
@@ -1000,6 +1022,11 @@ impl Worker {
         }
     }
 
+    /// The child's CPU time so far (user + system), in seconds.
+    fn cpu_seconds(&self) -> Option<f64> {
+        proc_cpu_seconds(self.child.as_ref()?.id())
+    }
+
     /// The child's peak resident set so far, in kB (`VmHWM`).
     fn vm_hwm_kb(&self) -> Option<u64> {
         let pid = self.child.as_ref()?.id();
@@ -1125,6 +1152,31 @@ async fn publish_confirmed<'a>(
         return Err(BenchError::Refused(refused));
     }
     Ok(())
+}
+
+/// User + system CPU time of a process, from `/proc/<pid>/stat`.
+fn proc_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the line, in clock ticks.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / CLOCK_TICKS_PER_SECOND)
+}
+
+/// `sysconf(_SC_CLK_TCK)`: 100 on every Linux architecture Rust targets.
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+
+/// CPU time of the local broker (the `beam.smp` process), if it runs here.
+fn broker_cpu_seconds() -> Option<f64> {
+    let pid = std::fs::read_dir("/proc").ok()?.find_map(|e| {
+        let e = e.ok()?;
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        (comm.trim() == "beam.smp").then_some(pid)
+    })?;
+    proc_cpu_seconds(pid)
 }
 
 fn free_port() -> Result<u16, BenchError> {
