@@ -80,7 +80,7 @@ pub struct BenchArgs {
     /// `imports.max_concurrent` for the worker [throughput: 16; api-bound: 3].
     #[arg(long)]
     pub max_concurrent: Option<usize>,
-    /// `amqp.prefetch` for the worker [throughput: calendars × batch.max_entries, at most 65535; api-bound: derived].
+    /// `amqp.prefetch` for the worker [throughput: interleaved calendars × batch.max_entries, calendar-major batch.max_entries × (max_concurrent + 1), at most 65535; api-bound: derived].
     #[arg(long)]
     pub prefetch: Option<u16>,
     /// Steady publish rate of the latency phase, changes per second.
@@ -177,12 +177,19 @@ async fn throughput(args: &BenchArgs, settings: Settings) -> Result<Value, Bench
     let order = args.order.unwrap_or(Order::Interleaved);
     let max_concurrent = args.max_concurrent.unwrap_or(16).max(1);
     let max_entries = settings.batch.max_entries;
-    // Full batches from C interleaved calendars need C x max_entries held
-    // deliveries; when the window is full and nothing is in flight the
-    // worker sends them at once (the window trigger), so no more is needed.
-    let prefetch = args
-        .prefetch
-        .unwrap_or_else(|| (calendars * max_entries).clamp(1, usize::from(u16::MAX)) as u16);
+    // The window full batches need for the queue's shape. Interleaved: every
+    // calendar's batch fills at once, so C x max_entries held deliveries
+    // (when the window is full and nothing is in flight the worker sends
+    // them at once: the window trigger). Calendar-major: batches fill one
+    // after another, so one per import slot plus the one filling, which is
+    // the worker's own default (`amqp.prefetch` = 0).
+    let prefetch = args.prefetch.unwrap_or_else(|| {
+        let window = match order {
+            Order::Interleaved => calendars * max_entries,
+            Order::CalendarMajor => max_entries * (max_concurrent + 1),
+        };
+        window.clamp(1, usize::from(u16::MAX)) as u16
+    });
     let latency_s = args
         .latency_seconds
         .unwrap_or(if args.quick { 3.0 } else { 10.0 });
