@@ -1,9 +1,16 @@
 //! The per-calendar batcher and import scheduler (CONTRACT section 4).
 //!
-//! One task owns every batch, so batching takes no locks. Per calendar there
-//! is at most one open batch (still taking changes), a queue of closed
-//! batches (in delivery order), and at most one import in flight; overall at
-//! most `imports.max_concurrent` imports are in flight.
+//! All batching state is one [`Coordinator`] behind a short lock: the
+//! consumer adds each valid change on its own task ([`Intake`]), with no
+//! queue of parsed changes in between, and the coordinator task handles
+//! timers, finished imports and draining. Per calendar there is at most one
+//! open batch (still taking changes), a queue of closed batches (in delivery
+//! order), and at most one import in flight; overall at most
+//! `imports.max_concurrent` imports are in flight.
+//!
+//! A batch is sent when it is full, when its oldest change has waited
+//! `batch.max_wait_ms`, at shutdown, or when the worker holds its whole
+//! prefetch window with nothing in flight (see [`Limits::window`]).
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},

@@ -2,8 +2,10 @@
 //!
 //! - [`consumer`]: reads deliveries, validates them, hands valid changes to the
 //!   coordinator and rejected ones to settlement.
-//! - [`coordinator`]: the per-calendar batcher and import scheduler: one task
-//!   owns all batching state, so there are no locks on the hot path.
+//! - [`coordinator`]: the per-calendar batcher and import scheduler. Its
+//!   state sits behind one short lock: the consumer adds each valid change
+//!   on its own task ([`coordinator::Intake`]), and the coordinator task runs
+//!   the timers, finished imports and draining.
 //! - [`import`]: one task per batch: submit, follow the job (poll or webhook),
 //!   then settle.
 //! - [`settle`]: events first, then dead-letter copies, then acks.
