@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::{
     BasicProperties, Channel, Connection,
     options::{
@@ -18,7 +18,7 @@ use lapin::{
     },
     types::{AMQPValue, FieldTable, ShortString},
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use tokio::{sync::watch, time::Instant};
 use tokio_stream::StreamMap;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -241,6 +241,7 @@ async fn session(
     );
 
     let mut props = PropsInterner::default();
+    let mut taken: VecDeque<InboundMessage> = VecDeque::new();
     let received_total = metrics::counter!("csw_changes_received_total");
     let mut health = tokio::time::interval(Duration::from_millis(250));
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
@@ -248,8 +249,39 @@ async fn session(
         tokio::select! {
             delivery = streams.next(), if !streams.is_empty() => match delivery {
                 Some((i, Ok(delivery))) => {
-                    if let Some(sub) = active.get(&i) {
-                        handle(cfg, &received_total, delivery, &sub.tracker, &mut props, coordinator, outbound, tasks);
+                    // Take everything lapin has buffered (cheap), then
+                    // validate and batch a slice, and take again: while the
+                    // broker bursts a whole window, deliveries wait here in
+                    // compact form rather than in lapin's queue of 432-byte
+                    // entries, which keeps its largest size for good.
+                    let mut next = Some((i, Ok(delivery)));
+                    loop {
+                        while let Some((i, result)) = next.take() {
+                            match result {
+                                Ok(d) => {
+                                    if let Some(sub) = active.get(&i) {
+                                        taken.push_back(take(d, &sub.tracker, &mut props, &received_total));
+                                    }
+                                }
+                                Err(e) => {
+                                    // The rest stays unacked; the broker redelivers it.
+                                    taken.clear();
+                                    tracing::warn!(error = %e, queue = %queues[i], "consumer error");
+                                    close_quietly(&conn).await;
+                                    return Ok(SessionEnd::Lost);
+                                }
+                            }
+                            next = streams.next().now_or_never().flatten();
+                        }
+                        for msg in taken.drain(..taken.len().min(PROCESS_SLICE)) {
+                            process(cfg, msg, coordinator, outbound, tasks);
+                        }
+                        if taken.is_empty() {
+                            break;
+                        }
+                        // Let imports and the coordinator task on this thread run.
+                        tokio::task::yield_now().await;
+                        next = streams.next().now_or_never().flatten();
                     }
                 }
                 Some((i, Err(e))) => {
@@ -439,6 +471,10 @@ async fn send_heartbeat(ch: &Channel, exchange: &str, me: &str, leaving: bool) {
         .await;
 }
 
+/// How many taken deliveries are validated and batched before lapin's
+/// buffer is drained again.
+const PROCESS_SLICE: usize = 256;
+
 async fn next_of(
     stream: &mut Option<lapin::Consumer>,
 ) -> Option<lapin::Result<lapin::message::Delivery>> {
@@ -472,49 +508,58 @@ async fn close_quietly(conn: &Connection) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn handle(
-    cfg: &ConsumerConfig,
-    received_total: &metrics::Counter,
+/// Takes a delivery off lapin's hands in the compact form the worker keeps
+/// it in: registered for its ack, properties shared with the previous
+/// delivery's where equal. Cheap, so lapin's own buffer is drained quickly.
+fn take(
     delivery: lapin::message::Delivery,
     tracker: &Arc<AckTracker>,
     interner: &mut PropsInterner,
-    coordinator: &Intake,
-    outbound: &Outbound,
-    tasks: &TaskTracker,
-) {
-    let received_at = Instant::now();
+    received_total: &metrics::Counter,
+) -> InboundMessage {
     tracker.register(delivery.delivery_tag);
     received_total.increment(1);
-    // One span per delivery, at debug level: at the default `info` filter it
-    // costs nothing on the hot path; batches and imports have info spans.
-    let span = tracing::debug_span!(
-        "delivery",
-        delivery_tag = delivery.delivery_tag,
-        redelivered = delivery.redelivered,
-        change_id = tracing::field::Empty,
-        calendar_id = tracing::field::Empty,
-    );
-    let _entered = span.enter();
     let props = delivery.properties;
-    let parsed = {
-        let meta = MessageMeta {
-            content_type: props.content_type().as_ref().map(|s| s.as_str()),
-            message_id: props.message_id().as_ref().map(|s| s.as_str()),
-        };
-        domain::parse_change(&delivery.data, &meta, &cfg.limits, cfg.default_mode)
-    };
-    let validation = received_at.elapsed();
-    let msg = InboundMessage {
+    InboundMessage {
         tag: delivery.delivery_tag,
         acks: tracker.clone(),
         traceparent: header_str(props.headers().as_ref(), "traceparent"),
         body: delivery.data,
         properties: interner.intern(props),
         routing_key: delivery.routing_key.to_string(),
-        received_at,
+        received_at: Instant::now(),
         redelivered: delivery.redelivered,
+    }
+}
+
+/// Validates a taken delivery and hands it to its batch, or to settlement
+/// as a rejection.
+fn process(
+    cfg: &ConsumerConfig,
+    msg: InboundMessage,
+    coordinator: &Intake,
+    outbound: &Outbound,
+    tasks: &TaskTracker,
+) {
+    // One span per delivery, at debug level: at the default `info` filter it
+    // costs nothing on the hot path; batches and imports have info spans.
+    let span = tracing::debug_span!(
+        "delivery",
+        delivery_tag = msg.tag,
+        redelivered = msg.redelivered,
+        change_id = tracing::field::Empty,
+        calendar_id = tracing::field::Empty,
+    );
+    let _entered = span.enter();
+    let started = Instant::now();
+    let parsed = {
+        let meta = MessageMeta {
+            content_type: msg.properties.content_type(),
+            message_id: msg.message_id(),
+        };
+        domain::parse_change(&msg.body, &meta, &cfg.limits, cfg.default_mode)
     };
+    let validation = started.elapsed();
     match &parsed {
         Ok(c) => {
             span.record("change_id", c.change_id.as_str());

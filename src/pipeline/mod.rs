@@ -62,6 +62,10 @@ impl MessageProps {
         self.message_id.as_ref().map(ShortString::as_str)
     }
 
+    pub fn content_type(&self) -> Option<&str> {
+        self.shared.content_type().as_ref().map(ShortString::as_str)
+    }
+
     /// The properties as received.
     pub fn to_basic(&self) -> BasicProperties {
         let p = (*self.shared).clone();
