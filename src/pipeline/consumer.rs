@@ -247,14 +247,14 @@ async fn session(
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     loop {
         tokio::select! {
-            delivery = streams.next(), if !streams.is_empty() => match delivery {
-                Some((i, Ok(delivery))) => {
+            delivery = streams.next(), if !streams.is_empty() => {
+                if let Some((i, result)) = delivery {
                     // Take everything lapin has buffered (cheap), then
                     // validate and batch a slice, and take again: while the
                     // broker bursts a whole window, deliveries wait here in
                     // compact form rather than in lapin's queue of 432-byte
                     // entries, which keeps its largest size for good.
-                    let mut next = Some((i, Ok(delivery)));
+                    let mut next = Some((i, result));
                     loop {
                         while let Some((i, result)) = next.take() {
                             match result {
@@ -284,13 +284,7 @@ async fn session(
                         next = streams.next().now_or_never().flatten();
                     }
                 }
-                Some((i, Err(e))) => {
-                    tracing::warn!(error = %e, queue = %queues[i], "consumer error");
-                    close_quietly(&conn).await;
-                    return Ok(SessionEnd::Lost);
-                }
-                None => {}
-            },
+            }
             notice = next_of(&mut member_stream), if member_stream.is_some() => match notice {
                 Some(Ok(d)) => {
                     if let Ok(hb) = serde_json::from_slice::<Heartbeat>(&d.data) {

@@ -365,10 +365,7 @@ impl Intake {
         let mut c = self.state.lock();
         let timers_before = c.ages.len();
         c.add(accepted);
-        if c.window_stalled() {
-            c.close_all_open();
-        }
-        c.dispatch_ready();
+        c.send_what_can_go();
         let first_timer = timers_before == 0 && !c.ages.is_empty();
         drop(c);
         if first_timer {
@@ -435,17 +432,23 @@ impl Coordinator {
                 _ = intake.opened.notified() => {}
                 _ = sleep_until_opt(next_age) => intake.state.lock().close_aged(Instant::now()),
             }
-            let mut c = intake.state.lock();
-            if c.draining || (rx.is_empty() && c.window_stalled()) {
-                c.close_all_open();
-            }
-            c.dispatch_ready();
+            intake.state.lock().send_what_can_go();
         }
+    }
+
+    /// Closes every open batch when draining or when the window is stalled,
+    /// then starts imports for ready batches as slots allow.
+    fn send_what_can_go(&mut self) {
+        if self.draining || self.window_stalled() {
+            self.close_all_open();
+        }
+        self.dispatch_ready();
     }
 
     /// The broker's window is full of deliveries held here and nothing is
     /// on its way to free it: waiting would only delay the same batches.
-    pub fn window_stalled(&self) -> bool {
+    /// (A finished import not yet handled still counts in `in_flight`.)
+    fn window_stalled(&self) -> bool {
         self.limits.window > 0
             && self.held >= self.limits.window
             && self.in_flight == 0
