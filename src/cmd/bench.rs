@@ -245,6 +245,7 @@ async fn throughput(args: &BenchArgs, settings: Settings) -> Result<Value, Bench
             let drain_stats = sim.stats();
             let drain_imports = tally.imports;
             let rss_drain_kb = worker.vm_hwm_kb();
+            let acks = worker.acks_sent().await;
 
             eprintln!(
                 "bench: latency: publishing {latency_n} changes at {} per second",
@@ -259,6 +260,7 @@ async fn throughput(args: &BenchArgs, settings: Settings) -> Result<Value, Bench
                 ready,
                 drain,
                 cpu,
+                acks,
                 drain_stats,
                 drain_imports,
                 rss_drain_kb,
@@ -271,7 +273,7 @@ async fn throughput(args: &BenchArgs, settings: Settings) -> Result<Value, Bench
         let stopped = worker.stop().await;
         let final_stats = sim.stats();
         sim.shutdown().await;
-        let (ready, drain, cpu, stats, imports, rss_drain_kb, rss_end_kb, lat, failures) =
+        let (ready, drain, cpu, acks, stats, imports, rss_drain_kb, rss_end_kb, lat, failures) =
             outcome?;
         if failures > 0 {
             return Err(BenchError::Failures(failures, worker.log.clone()));
@@ -312,6 +314,7 @@ async fn throughput(args: &BenchArgs, settings: Settings) -> Result<Value, Bench
             },
             "ratio": ratio.map(round3),
             "cpuDuringDrain": cpu,
+            "acksSentDuringDrain": acks,
             "rss": {
                 "peakMbDuringDrain": rss_mb.map(round1),
                 "peakMbWholeRun": rss_end_kb.map(|kb| round1(kb as f64 / 1024.0)),
@@ -1027,6 +1030,27 @@ impl Worker {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Acks the worker has sent so far, by kind (`multiple`, `single`),
+    /// from its `/metrics`: single acks cost a quorum queue a Raft command
+    /// each, so they show when coalescing broke down.
+    async fn acks_sent(&self) -> serde_json::Map<String, Value> {
+        let url = format!("http://127.0.0.1:{}/metrics", self.port);
+        let text = match reqwest::get(&url).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let mut out = serde_json::Map::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("csw_acks_sent_total{kind=\"")
+                && let Some((kind, value)) = rest.split_once("\"} ")
+                && let Ok(v) = value.trim().parse::<f64>()
+            {
+                out.insert(kind.to_owned(), json!(v as u64));
+            }
+        }
+        out
     }
 
     /// The child's CPU time so far (user + system), in seconds.
