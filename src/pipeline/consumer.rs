@@ -33,7 +33,7 @@ use super::{
     settle::Outbound,
 };
 use crate::{
-    amqp::{self, AckTracker, AmqpError, Publisher, header_str},
+    amqp::{self, AckTracker, AmqpError, Publisher},
     config::{AmqpSettings, Limits},
     cxone::webhook::WebhookEvent,
     domain::{self, MessageMeta, Rejection, ValidationMode},
@@ -277,6 +277,12 @@ async fn session(
                             process(cfg, msg, coordinator, outbound, tasks);
                         }
                         if taken.is_empty() {
+                            // A burst grew it to much of the window; its
+                            // room would otherwise stay next to the batches
+                            // that burst now fills.
+                            if taken.capacity() > 4 * PROCESS_SLICE {
+                                taken = VecDeque::new();
+                            }
                             break;
                         }
                         // Let imports and the coordinator task on this thread run.
@@ -513,24 +519,22 @@ fn take(
 ) -> InboundMessage {
     tracker.register(delivery.delivery_tag);
     received_total.increment(1);
-    let props = delivery.properties;
-    InboundMessage {
-        tag: delivery.delivery_tag,
-        acks: tracker.clone(),
-        traceparent: header_str(props.headers().as_ref(), "traceparent"),
-        body: delivery.data,
-        properties: interner.intern(props),
-        routing_key: delivery.routing_key.to_string(),
-        received_at: Instant::now(),
-        redelivered: delivery.redelivered,
-    }
+    InboundMessage::new(
+        delivery.delivery_tag,
+        tracker.clone(),
+        delivery.data,
+        delivery.routing_key.as_str(),
+        delivery.properties,
+        interner,
+        delivery.redelivered,
+    )
 }
 
 /// Validates a taken delivery and hands it to its batch, or to settlement
 /// as a rejection.
 fn process(
     cfg: &ConsumerConfig,
-    msg: InboundMessage,
+    mut msg: InboundMessage,
     coordinator: &Intake,
     outbound: &Outbound,
     tasks: &TaskTracker,
@@ -548,10 +552,10 @@ fn process(
     let started = Instant::now();
     let parsed = {
         let meta = MessageMeta {
-            content_type: msg.properties.content_type(),
+            content_type: msg.content_type(),
             message_id: msg.message_id(),
         };
-        domain::parse_change(&msg.body, &meta, &cfg.limits, cfg.default_mode)
+        domain::parse_change(msg.body(), &meta, &cfg.limits, cfg.default_mode)
     };
     let validation = started.elapsed();
     match &parsed {
@@ -566,6 +570,7 @@ fn process(
     tracing::debug!(valid = parsed.is_ok(), "delivery validated");
     match parsed {
         Ok(change) => {
+            msg.set_change_id(&change.change_id);
             coordinator.add(Accepted {
                 change,
                 msg,

@@ -104,10 +104,10 @@ impl Outbound {
         // Header values are capped so a long error list cannot exceed frame limits.
         let message = truncate(message, 4000);
         try_join_all(messages.iter().map(|m| {
-            let props = m.properties.to_basic();
+            let props = m.properties();
             let headers = dead_letter_headers(props.headers().as_ref(), code, message);
             let props = props.with_headers(headers).with_delivery_mode(2);
-            self.publish(&self.dead_letter_exchange, &m.routing_key, &m.body, props)
+            self.publish(&self.dead_letter_exchange, m.routing_key(), m.body(), props)
         }))
         .await?;
         metrics::counter!("csw_dead_lettered_total", "code" => code.to_owned())
