@@ -276,13 +276,16 @@ async fn session(
                         for msg in taken.drain(..taken.len().min(PROCESS_SLICE)) {
                             process(cfg, msg, coordinator, outbound, tasks);
                         }
+                        // A burst grows the queue to much of the window; as
+                        // it drains into batches, give its room back, or it
+                        // stays beside the batches the burst fills (halving
+                        // at a quarter full keeps the copying linear).
+                        if taken.capacity() > 4 * PROCESS_SLICE
+                            && taken.len() < taken.capacity() / 4
+                        {
+                            taken.shrink_to(taken.len() * 2);
+                        }
                         if taken.is_empty() {
-                            // A burst grew it to much of the window; its
-                            // room would otherwise stay next to the batches
-                            // that burst now fills.
-                            if taken.capacity() > 4 * PROCESS_SLICE {
-                                taken = VecDeque::new();
-                            }
                             break;
                         }
                         // Let imports and the coordinator task on this thread run.
