@@ -133,6 +133,10 @@ pub async fn start(settings: Settings) -> Result<AppHandle, AppError> {
         },
         source: source.clone(),
         coordinator: coord_tx.clone(),
+        parse: coordinator::ParseSettings {
+            limits: settings.limits,
+            default_mode: settings.cxone.default_validation_mode,
+        },
     });
     let import_tasks = tasks.clone();
     let coordinator = Coordinator::new(

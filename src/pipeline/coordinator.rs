@@ -29,7 +29,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use super::InboundMessage;
-use crate::domain::{ConflictResolution, ScheduleEntry, ValidChange, ValidationMode};
+use crate::domain::{ConflictResolution, MessageMeta, ScheduleEntry, ValidChange, ValidationMode};
 
 /// A valid change and its delivery.
 pub struct Accepted {
@@ -165,8 +165,9 @@ impl BatchRules {
 }
 
 /// A change in a batch: what its import and settlement still need. Its
-/// entries are already serialised into the batch's request body, and its
-/// change id is kept by its delivery ([`InboundMessage::change_id`]).
+/// entries are rebuilt from its delivery's body at import time
+/// ([`Batch::import_body`]) and its change id is kept by the delivery
+/// ([`InboundMessage::change_id`]).
 pub struct Held {
     pub capacity_minutes: u64,
     pub validation: Duration,
@@ -184,10 +185,14 @@ pub struct Batch {
     pub shared: Arc<BatchShared>,
     seq: u64,
     rules: BatchRules,
-    /// The import request body so far: `{"scheduleEntries":[` and every
-    /// entry, serialised once as its change joins (the parsed entries are
-    /// dropped, which is most of a held change's memory).
-    body: Vec<u8>,
+}
+
+/// How the consumer parsed the bodies: an import parses its changes' bodies
+/// again, the same way, to rebuild their entries.
+#[derive(Clone)]
+pub struct ParseSettings {
+    pub limits: crate::config::Limits,
+    pub default_mode: ValidationMode,
 }
 
 const BODY_HEAD: &[u8] = br#"{"scheduleEntries":["#;
@@ -228,7 +233,6 @@ impl Batch {
             shared: BatchShared::new(),
             seq,
             rules: BatchRules::new(first),
-            body: BODY_HEAD.to_vec(),
         }
     }
 
@@ -244,7 +248,6 @@ impl Batch {
         } = accepted;
         self.rules.add(&mut change);
         self.entry_count = self.rules.entry_count();
-        append_entries(&mut self.body, &change.entries);
         self.changes.push(Held {
             capacity_minutes: change.capacity_minutes,
             validation,
@@ -253,14 +256,44 @@ impl Batch {
     }
 
     /// The `POST .../schedules/import` body, byte for byte what serialising
-    /// the batch's [`crate::domain::ImportPayload`] gives. Takes the buffer.
-    pub fn take_import_body(&mut self) -> Vec<u8> {
-        finish_body(
-            std::mem::take(&mut self.body),
+    /// the batch's [`crate::domain::ImportPayload`] gives.
+    ///
+    /// A held change keeps only its delivery: the body must stay for a
+    /// dead-letter copy anyway, and keeping its serialised entries as well
+    /// was, at a full window of one-entry changes, a sixth of the worker's
+    /// heap. So the bodies are parsed again here, as the consumer parsed
+    /// them (same settings, same result). An error means exactly that
+    /// broke, and fails the batch rather than sending something else.
+    pub fn import_body(&self, parse: &ParseSettings) -> Result<Vec<u8>, String> {
+        let mut body = Vec::with_capacity(BODY_HEAD.len() + 192 * self.entry_count + 128);
+        body.extend_from_slice(BODY_HEAD);
+        for held in &self.changes {
+            let meta = MessageMeta {
+                content_type: held.msg.content_type(),
+                message_id: held.msg.message_id(),
+            };
+            let change = crate::domain::parse_change(
+                held.msg.body(),
+                &meta,
+                &parse.limits,
+                parse.default_mode,
+            )
+            .map_err(|r| {
+                format!(
+                    "change {} did not parse again as it did when it was accepted ({}); \
+                     this is a bug in the worker, please report it",
+                    held.msg.change_id(),
+                    r.summary()
+                )
+            })?;
+            append_entries(&mut body, &change.entries);
+        }
+        Ok(finish_body(
+            body,
             self.validation_mode,
             self.conflict_resolution,
             &self.calendar_id,
-        )
+        ))
     }
 
     /// Change ids in batch order.

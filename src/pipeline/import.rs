@@ -8,7 +8,7 @@ use tracing::Instrument;
 
 use super::{
     InboundMessage,
-    coordinator::{Batch, Input},
+    coordinator::{Batch, Input, ParseSettings},
     events::{self, ErrorInfo, Timings},
     jobs::{JobEnd, JobRegistry, PollPolicy, follow},
     settle::Outbound,
@@ -24,6 +24,8 @@ pub struct ImportContext {
     /// CloudEvents `source`: `/cxone-schedule-worker/{instance}`.
     pub source: String,
     pub coordinator: mpsc::UnboundedSender<Input>,
+    /// How the consumer parsed the bodies (imports rebuild entries from them).
+    pub parse: ParseSettings,
 }
 
 /// The batch id: a deterministic hash of the calendar id and the sorted change
@@ -88,7 +90,7 @@ pub async fn run(ctx: &ImportContext, mut batch: Batch) {
 /// Returns whether the batch was settled (event published, deliveries acked).
 async fn import(ctx: &ImportContext, batch: &mut Batch, change_ids: &[String]) -> bool {
     let batch_id = batch_id(&batch.calendar_id, change_ids);
-    let body = batch.take_import_body();
+    let body = batch.import_body(&ctx.parse);
     let calendar_id = batch.calendar_id.as_str();
     tracing::Span::current().record("batch_id", batch_id.as_str());
     let started = batch
@@ -113,17 +115,31 @@ async fn import(ctx: &ImportContext, batch: &mut Batch, change_ids: &[String]) -
     let entry_count = batch.entry_count;
 
     let request_started = Instant::now();
-    let submitted = ctx
-        .client
-        .submit_import_body(body.into(), calendar_id, entry_count, &batch_id, tp)
-        .await;
+    let submitted = match body {
+        Ok(body) => Ok(ctx
+            .client
+            .submit_import_body(body.into(), calendar_id, entry_count, &batch_id, tp)
+            .await),
+        Err(message) => Err(message),
+    };
     let request_ms = ms(request_started.elapsed());
     metrics::histogram!("csw_stage_duration_seconds", "stage" => "request")
         .record(request_started.elapsed().as_secs_f64());
     let mut attempts = 0;
     let mut polling_ms = 0;
     let outcome = match submitted {
-        Err(e) => {
+        Err(message) => {
+            tracing::error!(%message, "import body not built");
+            Outcome::Failed {
+                job_id: None,
+                error: ErrorInfo {
+                    code: "INTERNAL_ERROR".into(),
+                    message,
+                    http_status: None,
+                },
+            }
+        }
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "import request failed");
             Outcome::Failed {
                 job_id: None,
@@ -134,7 +150,7 @@ async fn import(ctx: &ImportContext, batch: &mut Batch, change_ids: &[String]) -
                 },
             }
         }
-        Ok(sub) => {
+        Ok(Ok(sub)) => {
             attempts = sub.attempts;
             tracing::Span::current().record("job_id", sub.job_id.as_str());
             let event = events::encode(
