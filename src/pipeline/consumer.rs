@@ -584,7 +584,7 @@ fn process(
             let outbound = outbound.clone();
             let source = cfg.source.clone();
             let span = tracing::info_span!("rejection", change_id = %rejection.change_id);
-            crate::telemetry::adopt_parent(&span, msg.traceparent.as_deref());
+            crate::telemetry::adopt_parent(&span, msg.traceparent());
             tasks.spawn(
                 async move { settle_rejection(&outbound, &source, rejection, msg).await }
                     .instrument(span),
@@ -602,7 +602,7 @@ async fn settle_rejection(
     let code = rejection.primary_code();
     metrics::counter!("csw_changes_rejected_total", "code" => code.as_str()).increment(1);
     tracing::info!(change_id = %rejection.change_id, %code, "change rejected: {}", rejection.summary());
-    let traceparent = crate::telemetry::outgoing_traceparent(msg.traceparent.as_deref());
+    let traceparent = crate::telemetry::outgoing_traceparent(msg.traceparent());
     let tp = traceparent.as_deref();
     let event = events::encode(
         events::REJECTED,

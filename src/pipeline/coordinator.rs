@@ -169,8 +169,11 @@ impl BatchRules {
 /// ([`Batch::import_body`]) and its change id is kept by the delivery
 /// ([`InboundMessage::change_id`]).
 pub struct Held {
-    pub capacity_minutes: u64,
-    pub validation: Duration,
+    /// A change holds at most `limits.max_entries_per_change` shifts of at
+    /// most a day: far below `u32::MAX` minutes.
+    pub capacity_minutes: u32,
+    /// Validation time in microseconds (saturating).
+    pub validation_us: u32,
     pub msg: InboundMessage,
 }
 
@@ -249,8 +252,8 @@ impl Batch {
         self.rules.add(&mut change);
         self.entry_count = self.rules.entry_count();
         self.changes.push(Held {
-            capacity_minutes: change.capacity_minutes,
-            validation,
+            capacity_minutes: u32::try_from(change.capacity_minutes).unwrap_or(u32::MAX),
+            validation_us: u32::try_from(validation.as_micros()).unwrap_or(u32::MAX),
             msg,
         });
     }

@@ -66,10 +66,7 @@ pub async fn run(ctx: &ImportContext, mut batch: Batch) {
     );
     crate::telemetry::adopt_parent(
         &span,
-        batch
-            .changes
-            .first()
-            .and_then(|a| a.msg.traceparent.as_deref()),
+        batch.changes.first().and_then(|a| a.msg.traceparent()),
     );
     let settled = tokio::select! {
         settled = import(ctx, &mut batch, &change_ids).instrument(span) => settled,
@@ -99,17 +96,24 @@ async fn import(ctx: &ImportContext, batch: &mut Batch, change_ids: &[String]) -
         .map(|a| a.msg.received_at)
         .min()
         .unwrap_or_else(Instant::now);
-    let validation: Duration = batch.changes.iter().map(|a| a.validation).sum();
-    let capacity: u64 = batch.changes.iter().map(|a| a.capacity_minutes).sum();
+    let validation = Duration::from_micros(
+        batch
+            .changes
+            .iter()
+            .map(|a| u64::from(a.validation_us))
+            .sum(),
+    );
+    let capacity: u64 = batch
+        .changes
+        .iter()
+        .map(|a| u64::from(a.capacity_minutes))
+        .sum();
     // Only a well-formed W3C traceparent travels on (to CXone as an HTTP
     // header, to the events as an AMQP header): a malformed one from a
     // publisher must not fail the import (reqwest refuses header values with
     // control characters) nor reach listeners.
     let traceparent = crate::telemetry::outgoing_traceparent(
-        batch
-            .changes
-            .first()
-            .and_then(|a| a.msg.traceparent.as_deref()),
+        batch.changes.first().and_then(|a| a.msg.traceparent()),
     );
     let tp = traceparent.as_deref();
     let entry_count = batch.entry_count;

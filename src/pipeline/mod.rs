@@ -42,7 +42,6 @@ pub struct InboundMessage {
     pub acks: Arc<AckTracker>,
     contents: Contents,
     pub received_at: Instant,
-    pub traceparent: Option<Box<str>>,
     /// The broker says an earlier delivery of this message was not acked.
     pub redelivered: bool,
 }
@@ -53,18 +52,28 @@ struct Contents {
     bytes: Box<[u8]>,
     body_len: u32,
     routing_key: Span,
-    message_id: Option<Span>,
-    change_id: Option<Span>,
+    message_id: Span,
+    change_id: Span,
+    /// The `traceparent` header, kept apart so it can travel on.
+    traceparent: Span,
     /// The properties with `message_id` blanked when it is set.
     shared: Arc<BasicProperties>,
 }
 
-/// Where a string lives in [`InboundMessage::bytes`]. RabbitMQ caps a
-/// message at 512 MiB, so offsets fit in 32 bits.
+/// Where a string lives in [`Contents::bytes`], if anywhere. RabbitMQ caps
+/// a message at 512 MiB, so offsets fit in 32 bits and `u32::MAX` is free
+/// to mean "absent".
 #[derive(Clone, Copy)]
 struct Span {
     at: u32,
     len: u32,
+}
+
+impl Span {
+    const ABSENT: Span = Span {
+        at: u32::MAX,
+        len: 0,
+    };
 }
 
 fn offset(n: usize) -> u32 {
@@ -99,14 +108,11 @@ impl InboundMessage {
         interner: &mut PropsInterner,
         redelivered: bool,
     ) -> InboundMessage {
-        let traceparent =
-            crate::amqp::header_str(properties.headers().as_ref(), "traceparent").map(Into::into);
         InboundMessage {
             tag,
             acks,
             contents: Contents::new(body, routing_key, properties, interner),
             received_at: Instant::now(),
-            traceparent,
             redelivered,
         }
     }
@@ -120,7 +126,12 @@ impl InboundMessage {
     }
 
     pub fn message_id(&self) -> Option<&str> {
-        self.contents.message_id.map(|s| self.contents.text(s))
+        self.contents.get(self.contents.message_id)
+    }
+
+    /// The `traceparent` header as received (checked before it travels on).
+    pub fn traceparent(&self) -> Option<&str> {
+        self.contents.get(self.contents.traceparent)
     }
 
     pub fn content_type(&self) -> Option<&str> {
@@ -134,8 +145,7 @@ impl InboundMessage {
     /// The change id, once the body has been parsed ([`Self::set_change_id`]).
     pub fn change_id(&self) -> &str {
         self.contents
-            .change_id
-            .map(|s| self.contents.text(s))
+            .get(self.contents.change_id)
             .unwrap_or_default()
     }
 
@@ -157,19 +167,27 @@ impl Contents {
         properties: BasicProperties,
         interner: &mut PropsInterner,
     ) -> Contents {
+        let traceparent = crate::amqp::header_str(properties.headers().as_ref(), "traceparent");
         let (shared, message_id) = interner.intern(properties);
         let body_len = body.len();
         let mut bytes = body;
         let routing_key = place(&mut bytes, body_len, routing_key);
-        let message_id = message_id.map(|id| place(&mut bytes, body_len, id.as_str()));
+        let message_id =
+            message_id.map_or(Span::ABSENT, |id| place(&mut bytes, body_len, id.as_str()));
+        let traceparent = traceparent.map_or(Span::ABSENT, |tp| place(&mut bytes, body_len, &tp));
         Contents {
             bytes: bytes.into_boxed_slice(),
             body_len: offset(body_len),
             routing_key,
             message_id,
-            change_id: None,
+            change_id: Span::ABSENT,
+            traceparent,
             shared,
         }
+    }
+
+    fn get(&self, span: Span) -> Option<&str> {
+        (span.at != u32::MAX).then(|| self.text(span))
     }
 
     fn text(&self, span: Span) -> &str {
@@ -187,13 +205,13 @@ impl Contents {
         let mut bytes = std::mem::take(&mut self.bytes).into_vec();
         let span = place(&mut bytes, body_len, id);
         self.bytes = bytes.into_boxed_slice();
-        self.change_id = Some(span);
+        self.change_id = span;
     }
 
     fn properties(&self) -> BasicProperties {
         let p = (*self.shared).clone();
-        match self.message_id {
-            Some(id) => p.with_message_id(self.text(id).into()),
+        match self.get(self.message_id) {
+            Some(id) => p.with_message_id(id.into()),
             None => p,
         }
     }
@@ -275,7 +293,7 @@ mod tests {
         assert_eq!(ca.properties(), a);
         assert_eq!(cb.properties(), b);
         assert_eq!(cnone.properties(), none);
-        assert!(cnone.message_id.is_none());
+        assert!(cnone.get(cnone.message_id).is_none());
     }
 
     #[test]
@@ -288,8 +306,9 @@ mod tests {
         assert_eq!(c.bytes.len(), body.len(), "all three found in the body");
         assert_eq!(c.body(), &body[..]);
         assert_eq!(c.text(c.routing_key), "cal-7");
-        assert_eq!(c.text(c.message_id.unwrap()), "c-1");
-        assert_eq!(c.text(c.change_id.unwrap()), "c-1");
+        assert_eq!(c.get(c.message_id), Some("c-1"));
+        assert_eq!(c.get(c.change_id), Some("c-1"));
+        assert_eq!(c.get(c.traceparent), None);
 
         // Not in the body (an escaped id, a routing key of another shape):
         // appended after it, and the body reads as received.
@@ -298,8 +317,8 @@ mod tests {
         c.set_change_id("é-1");
         assert_eq!(c.body(), &body[..]);
         assert_eq!(c.text(c.routing_key), "other.key");
-        assert_eq!(c.text(c.message_id.unwrap()), "m-\\u00e9");
-        assert_eq!(c.text(c.change_id.unwrap()), "é-1");
+        assert_eq!(c.get(c.message_id), Some("m-\\u00e9"));
+        assert_eq!(c.get(c.change_id), Some("é-1"));
         assert_eq!(c.text(Span { at: 0, len: 0 }), "");
     }
 }
