@@ -52,6 +52,7 @@ const KNOWN_METRICS: &[&str] = &[
     "csw_broker_connected",
     "csw_partitions_owned",
     "csw_acks_sent_total",
+    "csw_batches_closed_total",
     "csw_webhooks_total",
     "csw_cxone_requests_total",
     "csw_cxone_rate_limited_total",

@@ -246,7 +246,8 @@ async fn throughput(args: &BenchArgs, settings: Settings) -> Result<Value, Bench
             let drain_stats = sim.stats();
             let drain_imports = tally.imports;
             let rss_drain_kb = worker.vm_hwm_kb();
-            let acks = worker.acks_sent().await;
+            let acks = worker.counters("csw_acks_sent_total", "kind").await;
+            let closed = worker.counters("csw_batches_closed_total", "trigger").await;
 
             eprintln!(
                 "bench: latency: publishing {latency_n} changes at {} per second",
@@ -262,6 +263,7 @@ async fn throughput(args: &BenchArgs, settings: Settings) -> Result<Value, Bench
                 drain,
                 cpu,
                 acks,
+                closed,
                 drain_stats,
                 drain_imports,
                 rss_drain_kb,
@@ -274,7 +276,7 @@ async fn throughput(args: &BenchArgs, settings: Settings) -> Result<Value, Bench
         let stopped = worker.stop().await;
         let final_stats = sim.stats();
         sim.shutdown().await;
-        let (ready, drain, cpu, acks, stats, imports, rss_drain_kb, rss_end_kb, lat, failures) =
+        let (ready, drain, cpu, acks, closed, stats, imports, rss_drain_kb, rss_end_kb, lat, failures) =
             outcome?;
         if failures > 0 {
             return Err(BenchError::Failures(failures, worker.log.clone()));
@@ -316,6 +318,7 @@ async fn throughput(args: &BenchArgs, settings: Settings) -> Result<Value, Bench
             "ratio": ratio.map(round3),
             "cpuDuringDrain": cpu,
             "acksSentDuringDrain": acks,
+            "batchesClosedDuringDrain": closed,
             "rss": {
                 "peakMbDuringDrain": rss_mb.map(round1),
                 "peakMbWholeRun": rss_end_kb.map(|kb| round1(kb as f64 / 1024.0)),
@@ -1035,22 +1038,24 @@ impl Worker {
         }
     }
 
-    /// Acks the worker has sent so far, by kind (`multiple`, `single`),
-    /// from its `/metrics`: single acks cost a quorum queue a Raft command
-    /// each, so they show when coalescing broke down.
-    async fn acks_sent(&self) -> serde_json::Map<String, Value> {
+    /// A counter family from the worker's `/metrics`, by the value of its
+    /// one label: acks sent by kind (single acks cost a quorum queue a Raft
+    /// command each), batches closed by trigger (closed by age means the
+    /// drain's rounds outlasted `batch.max_wait_ms`).
+    async fn counters(&self, family: &str, label: &str) -> serde_json::Map<String, Value> {
         let url = format!("http://127.0.0.1:{}/metrics", self.port);
         let text = match reqwest::get(&url).await {
             Ok(r) => r.text().await.unwrap_or_default(),
             Err(_) => String::new(),
         };
+        let prefix = format!("{family}{{{label}=\"");
         let mut out = serde_json::Map::new();
         for line in text.lines() {
-            if let Some(rest) = line.strip_prefix("csw_acks_sent_total{kind=\"")
-                && let Some((kind, value)) = rest.split_once("\"} ")
-                && let Ok(v) = value.trim().parse::<f64>()
+            if let Some(rest) = line.strip_prefix(&prefix)
+                && let Some((value_of_label, count)) = rest.split_once("\"} ")
+                && let Ok(v) = count.trim().parse::<f64>()
             {
-                out.insert(kind.to_owned(), json!(v as u64));
+                out.insert(value_of_label.to_owned(), json!(v as u64));
             }
         }
         out

@@ -321,6 +321,43 @@ impl Calendar {
     }
 }
 
+/// Why a batch stopped taking changes (the `trigger` label of
+/// `csw_batches_closed_total`): a drain that closes many batches by age
+/// rather than full is one whose rounds outlast `batch.max_wait_ms`.
+#[derive(Clone, Copy)]
+enum Trigger {
+    /// `batch.max_entries` reached (or the next change would not fit).
+    Full,
+    /// The next change overlaps, or has another mode.
+    Conflict,
+    /// The oldest change waited `batch.max_wait_ms`.
+    Age,
+    /// The prefetch window is full with nothing in flight.
+    Window,
+    /// Shutdown.
+    Drain,
+}
+
+impl Trigger {
+    const ALL: [Trigger; 5] = [
+        Trigger::Full,
+        Trigger::Conflict,
+        Trigger::Age,
+        Trigger::Window,
+        Trigger::Drain,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Full => "full",
+            Trigger::Conflict => "conflict",
+            Trigger::Age => "age",
+            Trigger::Window => "window",
+            Trigger::Drain => "drain",
+        }
+    }
+}
+
 pub struct Limits {
     pub max_entries: usize,
     pub max_wait: Duration,
@@ -365,6 +402,8 @@ pub struct Coordinator {
     /// Looked up once: `counter!` finds its series by hashing the name on
     /// every call, which showed in the per-delivery profile.
     accepted_total: metrics::Counter,
+    /// `csw_batches_closed_total` by [`Trigger`].
+    closed: [metrics::Counter; 5],
 }
 
 /// How many settled changeIds to remember for redeliveries.
@@ -459,6 +498,8 @@ impl Coordinator {
             next_seq: 0,
             draining: false,
             accepted_total: metrics::counter!("csw_changes_accepted_total"),
+            closed: Trigger::ALL
+                .map(|t| metrics::counter!("csw_batches_closed_total", "trigger" => t.as_str())),
         }
     }
 
@@ -506,8 +547,10 @@ impl Coordinator {
     /// Closes every open batch when draining or when the window is stalled,
     /// then starts imports for ready batches as slots allow.
     fn send_what_can_go(&mut self) {
-        if self.draining || self.window_stalled() {
-            self.close_all_open();
+        if self.draining {
+            self.close_all_open(Trigger::Drain);
+        } else if self.window_stalled() {
+            self.close_all_open(Trigger::Window);
         }
         self.dispatch_ready();
     }
@@ -604,6 +647,13 @@ impl Coordinator {
             && !open.accepts(&accepted.change, max)
         {
             // Overlap, another mode, or full: close it so order holds.
+            let full = open.entry_count + accepted.change.entries.len() > max;
+            self.closed[if full {
+                Trigger::Full
+            } else {
+                Trigger::Conflict
+            } as usize]
+                .increment(1);
             cal.closed.push_back(cal.open.take().expect("checked"));
             closed_one = true;
         }
@@ -621,6 +671,7 @@ impl Coordinator {
         self.owners.insert(key, open.shared.clone());
         open.push(accepted);
         if open.entry_count >= max {
+            self.closed[Trigger::Full as usize].increment(1);
             cal.closed.push_back(cal.open.take().expect("present"));
             closed_one = true;
         }
@@ -635,11 +686,11 @@ impl Coordinator {
                 break;
             }
             let (_, calendar_id, seq) = self.ages.pop_front().expect("peeked");
-            self.close_open(&calendar_id, Some(seq));
+            self.close_open(&calendar_id, Some(seq), Trigger::Age);
         }
     }
 
-    fn close_all_open(&mut self) {
+    fn close_all_open(&mut self, trigger: Trigger) {
         let ids: Vec<String> = self
             .calendars
             .iter()
@@ -647,13 +698,13 @@ impl Coordinator {
             .map(|(k, _)| k.clone())
             .collect();
         for id in ids {
-            self.close_open(&id, None);
+            self.close_open(&id, None, trigger);
         }
         self.ages.clear();
     }
 
     /// Closes the calendar's open batch (only if it is batch `seq`, when given).
-    fn close_open(&mut self, calendar_id: &str, seq: Option<u64>) {
+    fn close_open(&mut self, calendar_id: &str, seq: Option<u64>, trigger: Trigger) {
         let Some(cal) = self.calendars.get_mut(calendar_id) else {
             return;
         };
@@ -662,6 +713,7 @@ impl Coordinator {
             .as_ref()
             .is_some_and(|b| seq.is_none_or(|s| s == b.seq))
         {
+            self.closed[trigger as usize].increment(1);
             cal.closed.push_back(cal.open.take().expect("checked"));
             if !cal.in_flight {
                 self.mark_ready(calendar_id);
