@@ -343,12 +343,17 @@ async fn a_429_holds_off_every_caller_of_the_client() {
         tokio::spawn(async move { c.submit_import(&payload(), "k", None).await })
     };
     // Wait (with a deadline) until the 429 has been seen, then poll a job:
-    // that unrelated call must also wait for the hold.
-    let deadline = Instant::now() + Duration::from_secs(1);
+    // that unrelated call must also wait for the hold. The deadline is in
+    // real time and the wait only yields: the clock is paused, and a sleep
+    // here would let it jump ahead while the request is on a real socket
+    // (on a loaded machine, past a paused-time deadline before the 429).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while c.rate_limited_until().is_none() {
-        assert!(Instant::now() < deadline, "no 429 seen");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no 429 seen within 10 s"
+        );
         tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     c.get_job("j-1", None).await.unwrap();
     assert!(
