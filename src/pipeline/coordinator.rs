@@ -10,9 +10,7 @@
 //!
 //! A batch is sent when it is full, when its oldest change has waited
 //! `batch.max_wait_ms`, at shutdown, or when the worker holds its whole
-//! prefetch window with nothing in flight (see [`Limits::window`]). A batch
-//! closed for one of those reasons but still waiting for an import slot
-//! takes later changes of its calendar that fit, until its import starts.
+//! prefetch window with nothing in flight (see [`Limits::window`]).
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
