@@ -122,6 +122,11 @@ pub async fn start(settings: Settings) -> Result<AppHandle, AppError> {
         dead_letter_exchange: settings.amqp.dead_letter_exchange.clone(),
         hard_stop: hard_stop.clone(),
     };
+    // One value for both parses of a body: the consumer's and the import's.
+    let parse = coordinator::ParseSettings {
+        limits: settings.limits,
+        default_mode: settings.cxone.default_validation_mode,
+    };
     let ctx = Arc::new(ImportContext {
         client: client.clone(),
         jobs: jobs.clone(),
@@ -133,10 +138,7 @@ pub async fn start(settings: Settings) -> Result<AppHandle, AppError> {
         },
         source: source.clone(),
         coordinator: coord_tx.clone(),
-        parse: coordinator::ParseSettings {
-            limits: settings.limits,
-            default_mode: settings.cxone.default_validation_mode,
-        },
+        parse: parse.clone(),
     });
     let import_tasks = tasks.clone();
     let coordinator = Coordinator::new(
@@ -177,8 +179,7 @@ pub async fn start(settings: Settings) -> Result<AppHandle, AppError> {
     let consumer_cfg = ConsumerConfig {
         amqp: settings.amqp.clone(),
         prefetch: settings.effective_prefetch(),
-        limits: settings.limits,
-        default_mode: settings.cxone.default_validation_mode,
+        parse,
         connection_name: instance_id.clone(),
         source,
         jobs,

@@ -26,7 +26,7 @@ use tracing::Instrument;
 
 use super::{
     InboundMessage, PropsInterner,
-    coordinator::{Accepted, Intake},
+    coordinator::{Accepted, Intake, ParseSettings},
     events,
     jobs::JobRegistry,
     membership::{HEARTBEAT, Members},
@@ -34,17 +34,17 @@ use super::{
 };
 use crate::{
     amqp::{self, AckTracker, AmqpError, Publisher},
-    config::{AmqpSettings, Limits},
+    config::AmqpSettings,
     cxone::webhook::WebhookEvent,
-    domain::{self, MessageMeta, Rejection, ValidationMode},
+    domain::{self, Rejection},
 };
 
 /// What the connection manager needs to know.
 pub struct ConsumerConfig {
     pub amqp: AmqpSettings,
     pub prefetch: u16,
-    pub limits: Limits,
-    pub default_mode: ValidationMode,
+    /// How bodies are parsed (imports parse them again the same way).
+    pub parse: ParseSettings,
     pub connection_name: String,
     /// CloudEvents `source` for rejection events.
     pub source: String,
@@ -553,13 +553,12 @@ fn process(
     );
     let _entered = span.enter();
     let started = Instant::now();
-    let parsed = {
-        let meta = MessageMeta {
-            content_type: msg.content_type(),
-            message_id: msg.message_id(),
-        };
-        domain::parse_change(msg.body(), &meta, &cfg.limits, cfg.default_mode)
-    };
+    let parsed = domain::parse_change(
+        msg.body(),
+        &msg.meta(),
+        &cfg.parse.limits,
+        cfg.parse.default_mode,
+    );
     let validation = started.elapsed();
     match &parsed {
         Ok(c) => {

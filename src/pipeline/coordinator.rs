@@ -29,7 +29,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use super::InboundMessage;
-use crate::domain::{ConflictResolution, MessageMeta, ScheduleEntry, ValidChange, ValidationMode};
+use crate::domain::{ConflictResolution, ScheduleEntry, ValidChange, ValidationMode};
 
 /// A valid change and its delivery.
 pub struct Accepted {
@@ -271,13 +271,9 @@ impl Batch {
         let mut body = Vec::with_capacity(BODY_HEAD.len() + 192 * self.entry_count + 128);
         body.extend_from_slice(BODY_HEAD);
         for held in &self.changes {
-            let meta = MessageMeta {
-                content_type: held.msg.content_type(),
-                message_id: held.msg.message_id(),
-            };
             let change = crate::domain::parse_change(
                 held.msg.body(),
-                &meta,
+                &held.msg.meta(),
                 &parse.limits,
                 parse.default_mode,
             )

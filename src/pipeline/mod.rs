@@ -31,7 +31,7 @@ use crate::amqp::AckTracker;
 ///
 /// Held compactly: a worker holds a whole prefetch window of these while
 /// batches fill. The body and the delivery's own strings (routing key,
-/// message id, change id) share one allocation, and a string that occurs
+/// message id, change id, traceparent) share one allocation, and a string that occurs
 /// in the body is kept as a span of it: as a rule the routing key is the
 /// calendar id and the message id is the change id, both in the body.
 /// The AMQP properties other than `message_id` are shared with the
@@ -132,6 +132,15 @@ impl InboundMessage {
     /// The `traceparent` header as received (checked before it travels on).
     pub fn traceparent(&self) -> Option<&str> {
         self.contents.get(self.contents.traceparent)
+    }
+
+    /// What validation reads besides the body. The consumer's parse and the
+    /// import's second one both take it from here, so they see the same.
+    pub fn meta(&self) -> crate::domain::MessageMeta<'_> {
+        crate::domain::MessageMeta {
+            content_type: self.content_type(),
+            message_id: self.message_id(),
+        }
     }
 
     pub fn content_type(&self) -> Option<&str> {
