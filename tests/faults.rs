@@ -42,7 +42,9 @@ async fn kill9_every_few_seconds_loses_nothing() {
     let plan = workload(1, 2500, 80, 40);
     let env = worker_env(&settings, &[]);
     let log = log_path("kill9");
-    let mut worker = WorkerProc::spawn(&env, &log, "warn");
+    // Imports at info: a wrong roster can then be traced batch by batch.
+    let rust_log = "warn,cxone_schedule_worker::pipeline::import=info";
+    let mut worker = WorkerProc::spawn(&env, &log, rust_log);
     publisher.publish_all(&plan).await;
 
     let mut kills = 0u32;
@@ -62,7 +64,7 @@ async fn kill9_every_few_seconds_loses_nothing() {
         }
         worker.kill9();
         kills += 1;
-        worker = WorkerProc::spawn(&env, &log, "warn");
+        worker = WorkerProc::spawn(&env, &log, rust_log);
     }
     wait_settled_and_drained(
         &collector,

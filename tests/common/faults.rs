@@ -612,13 +612,39 @@ pub fn verdict(plan: &[Planned], seen: &Seen, sim: &SimServer, allow_failed: boo
     }
     report.calendars = calendars.len();
     for cal in calendars.keys() {
+        let got = actual(&sim.shifts(cal));
+        if got != model.expected(cal) {
+            eprintln!("{}", calendar_story(cal, plan, seen));
+        }
         assert_eq!(
-            actual(&sim.shifts(cal)),
+            got,
             model.expected(cal),
             "roster of {cal} must equal AUTO_RESOLVE of its completed changes in publish order"
         );
     }
     report
+}
+
+/// What happened to one calendar, for a roster that came out wrong: its
+/// planned changes in publish order, then its import events as they arrived.
+fn calendar_story(cal: &str, plan: &[Planned], seen: &Seen) -> String {
+    let mut out = format!("calendar {cal}, planned changes in publish order:\n");
+    for c in plan.iter().filter(|c| c.calendar == cal) {
+        out += &format!("  {} {:?} {:?}\n", c.id, c.rejection, c.entries);
+    }
+    out += "its import events as they arrived:\n";
+    for e in &seen.events {
+        let data = &e["data"];
+        if data["calendarId"] == cal {
+            out += &format!(
+                "  {} job={} changes={}\n",
+                e["type"].as_str().unwrap_or_default(),
+                data["jobId"],
+                data["changeIds"]
+            );
+        }
+    }
+    out
 }
 
 /// The worker binary as a child process, logging to a file.
