@@ -20,15 +20,13 @@
 //! one by one stalled deliveries for 10-40 s, while the front of a draining
 //! queue catches up with nearly every straggler within a second or two.
 //!
-//! Why the cap, and why not longer: with no cap, a round of the benchmark
-//! that ran a little long sent thousands of single acks, which slowed the
-//! next round further (4,242 single acks and 1.7 times the broker CPU in
-//! such a run). Holding every straggler until the front covers it avoided
-//! that, but a settled delivery left unacked is one a crash redelivers and
-//! the next worker imports again, possibly after a newer change of its
-//! calendar that reached that worker first; the kill -9 test caught a
-//! roster written that way. So stragglers still go promptly, a bounded
-//! number at a time.
+//! Why the cap: with no cap, a round of the benchmark that ran a little
+//! long sent thousands of single acks, which slowed the next round further
+//! (4,242 single acks and 1.7 times the broker CPU in such a run). Why not
+//! longer: a settled delivery left unacked is one a crash redelivers and the
+//! next worker imports again. That is harmless on its own, but not after a
+//! newer batch of its calendar was imported: [`AckTracker::ack_through`]
+//! says why, and a calendar's next import acks its previous batch first.
 
 use std::{
     collections::VecDeque,
@@ -76,6 +74,9 @@ const AGED: u8 = 3;
 pub struct AckTracker {
     channel: Channel,
     state: parking_lot::Mutex<State>,
+    /// The first tag not covered by the acks sent so far (every tag below
+    /// it was acked, by a `multiple` ack or alone): waiters watch it.
+    sent_front: tokio::sync::watch::Sender<u64>,
     send: tokio::sync::Mutex<()>,
     flush_scheduled: AtomicBool,
 }
@@ -97,6 +98,8 @@ struct State {
 struct Decision {
     multiple: Option<u64>,
     singles: Vec<u64>,
+    /// The front (first tag not settled) once these acks are sent.
+    front: u64,
 }
 
 impl State {
@@ -156,17 +159,25 @@ impl State {
 
     /// Every straggler, to be acked alone now.
     fn take_stragglers(&mut self) -> Vec<u64> {
-        let mut singles = Vec::with_capacity(self.stragglers);
-        if self.stragglers == 0 {
+        self.take_stragglers_through(u64::MAX)
+    }
+
+    /// Every straggler up to `tag`, to be acked alone now.
+    fn take_stragglers_through(&mut self, tag: u64) -> Vec<u64> {
+        let mut singles = Vec::new();
+        if self.stragglers == 0 || tag < self.base {
             return singles;
         }
-        for (i, s) in self.states.iter_mut().enumerate() {
+        let upto = usize::try_from(tag - self.base).map_or(self.states.len(), |n| {
+            n.saturating_add(1).min(self.states.len())
+        });
+        for (i, s) in self.states.range_mut(..upto).enumerate() {
             if *s == SETTLED || *s == AGED {
                 *s = ACKED;
                 singles.push(self.base + i as u64);
             }
         }
-        self.stragglers = 0;
+        self.stragglers -= singles.len();
         singles
     }
 
@@ -214,12 +225,41 @@ impl AckTracker {
             state: parking_lot::Mutex::new(State::default()),
             send: tokio::sync::Mutex::new(()),
             flush_scheduled: AtomicBool::new(false),
+            sent_front: tokio::sync::watch::Sender::new(0),
         }
     }
 
     /// Records a delivery as received, before anything else can settle it.
     pub fn register(&self, tag: u64) {
         self.state.lock().register(tag);
+    }
+
+    /// Whether every delivery up to `tag` was acked (the front passed it).
+    pub fn acked_through(&self, tag: u64) -> bool {
+        tag < *self.sent_front.borrow()
+    }
+
+    /// Waits until every delivery up to `tag` was acked, for at most `wait`
+    /// and only while the acks keep moving (each step within `stall`);
+    /// returns whether it was. A closed channel is not waited for.
+    pub async fn wait_acked_through(&self, tag: u64, wait: Duration, stall: Duration) -> bool {
+        let mut front = self.sent_front.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let at = *front.borrow_and_update();
+            if tag < at {
+                return true;
+            }
+            if !self.channel.status().connected() {
+                return false;
+            }
+            let step = deadline.min(tokio::time::Instant::now() + stall);
+            match tokio::time::timeout_at(step, front.changed()).await {
+                Ok(Ok(())) => continue,
+                // Stalled, out of time, or the tracker is gone.
+                _ => return tag < *front.borrow(),
+            }
+        }
     }
 
     /// Deliveries held on this channel and not acked yet.
@@ -242,6 +282,7 @@ impl AckTracker {
                 Decision {
                     multiple,
                     singles: Vec::new(),
+                    front: st.base,
                 },
                 st.stragglers,
             )
@@ -260,10 +301,48 @@ impl AckTracker {
             let multiple = st.take_front();
             let singles = st.take_aged();
             st.take_front();
-            (Decision { multiple, singles }, st.stragglers)
+            let front = st.base;
+            (
+                Decision {
+                    multiple,
+                    singles,
+                    front,
+                },
+                st.stragglers,
+            )
         };
         self.send_acks(decision).await?;
         Ok(left > 0)
+    }
+
+    /// Acks now every settled delivery up to `tag` that is not acked yet:
+    /// the front with one `multiple` ack, stragglers up to `tag` alone.
+    /// Nothing is sent when the front already passed `tag`, as it has in a
+    /// steady drain by the time a calendar's next batch goes.
+    ///
+    /// Before a calendar's next import, its previous batch's deliveries must
+    /// be acked: a settled delivery left unacked is redelivered after a
+    /// crash and imported again, and if the next batch was already imported
+    /// and comes back as the same batch, CXone replays it under its
+    /// idempotency key instead of applying it, so the older change would end
+    /// up applied last (the kill -9 test caught that roster).
+    pub async fn ack_through(&self, tag: u64) -> Result<(), AmqpError> {
+        let _send = self.send.lock().await;
+        let decision = {
+            let mut st = self.state.lock();
+            if tag < st.base {
+                return Ok(());
+            }
+            let multiple = st.take_front();
+            let singles = st.take_stragglers_through(tag);
+            st.take_front();
+            Decision {
+                multiple,
+                singles,
+                front: st.base,
+            }
+        };
+        self.send_acks(decision).await
     }
 
     /// Acks every settled delivery now: the front with one `multiple` ack,
@@ -276,7 +355,11 @@ impl AckTracker {
             let singles = st.take_stragglers();
             // Acked singles at the front can leave now.
             st.take_front();
-            Decision { multiple, singles }
+            Decision {
+                multiple,
+                singles,
+                front: st.base,
+            }
         };
         self.send_acks(decision).await
     }
@@ -284,6 +367,8 @@ impl AckTracker {
     /// Sends what was decided; the caller holds the send lock.
     async fn send_acks(&self, d: Decision) -> Result<(), AmqpError> {
         if d.multiple.is_none() && d.singles.is_empty() {
+            // The front can still have moved, over tags acked alone.
+            self.note_sent_front(d.front);
             return Ok(());
         }
         if !self.channel.status().connected() {
@@ -300,7 +385,16 @@ impl AckTracker {
         for tag in d.singles {
             self.ack(tag, false).await?;
         }
+        self.note_sent_front(d.front);
         Ok(())
+    }
+
+    fn note_sent_front(&self, front: u64) {
+        self.sent_front.send_if_modified(|f| {
+            let moved = *f < front;
+            *f = (*f).max(front);
+            moved
+        });
     }
 
     async fn ack(&self, tag: u64, multiple: bool) -> Result<(), AmqpError> {
@@ -437,6 +531,22 @@ mod tests {
         assert!(rest.len() > SINGLES_PER_TICK);
         assert_eq!(s.stragglers, 0);
         assert_eq!(s.outstanding(), 1, "only 2 is held");
+    }
+
+    #[test]
+    fn acking_through_a_tag_leaves_later_stragglers_waiting() {
+        let mut s = state(1..=6);
+        s.mark(&[2, 3, 5]);
+        assert_eq!(s.take_front(), None, "tag 1 is unsettled");
+        assert_eq!(s.take_stragglers_through(4), vec![2, 3]);
+        assert_eq!(s.stragglers, 1, "5 still waits for the front or a tick");
+        assert!(s.take_stragglers_through(4).is_empty(), "acked once");
+        assert_eq!(s.take_stragglers_through(u64::MAX), vec![5]);
+        s.mark(&[1]);
+        // 1 settles; 2, 3 and 5 were acked alone, 4 is unsettled.
+        assert_eq!(s.take_front(), Some(1));
+        assert!(s.take_stragglers_through(0).is_empty(), "before the base");
+        assert_eq!(s.outstanding(), 2, "4 and 6 are held");
     }
 
     #[test]

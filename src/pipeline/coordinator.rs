@@ -28,7 +28,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::InboundMessage;
+use super::{AckedThrough, InboundMessage};
 use crate::domain::{ConflictResolution, ScheduleEntry, ValidChange, ValidationMode};
 
 /// A valid change and its delivery.
@@ -40,14 +40,15 @@ pub struct Accepted {
 
 /// What the coordinator task hears (changes come in through [`Intake`]).
 pub enum Input {
-    /// An import ended: the calendar is free again. `settled` when its event
-    /// was published and its deliveries acked.
+    /// An import ended: the calendar is free again. `acked` when its event
+    /// was published and its deliveries acked (or on their way: the
+    /// calendar's next import makes sure of it first).
     Finished {
         calendar_id: String,
         change_ids: Vec<String>,
         /// How many deliveries the batch held, repeats of a changeId included.
         deliveries: usize,
-        settled: bool,
+        acked: Option<AckedThrough>,
     },
 }
 
@@ -186,6 +187,8 @@ pub struct Batch {
     pub changes: Vec<Held>,
     pub entry_count: usize,
     pub shared: Arc<BatchShared>,
+    /// The calendar's previous batch, when its acks may not all be out yet.
+    pub previous: Option<AckedThrough>,
     seq: u64,
     rules: BatchRules,
 }
@@ -234,6 +237,7 @@ impl Batch {
             changes: Vec::new(),
             entry_count: 0,
             shared: BatchShared::new(),
+            previous: None,
             seq,
             rules: BatchRules::new(first),
         }
@@ -390,6 +394,9 @@ pub struct Coordinator {
     recent: HashSet<IdKey, KeyIsHash>,
     recent_old: HashSet<IdKey, KeyIsHash>,
     ids: IdHasher,
+    /// Per calendar, its last settled batch while that batch's acks may
+    /// still be coalescing: the calendar's next import acks them first.
+    previous: HashMap<String, AckedThrough>,
     in_flight: usize,
     /// Deliveries in batches (open, queued or in flight), repeats included.
     held: usize,
@@ -401,6 +408,10 @@ pub struct Coordinator {
     /// `csw_batches_closed_total` by [`Trigger`].
     closed: [metrics::Counter; 5],
 }
+
+/// Calendars whose last batch's acks may still be out, past which those
+/// whose acks went out are forgotten (the acks go within a few seconds).
+const PREVIOUS_PRUNE_AT: usize = 1024;
 
 /// How many settled changeIds to remember for redeliveries.
 const RECENT_CAPACITY: usize = 200_000;
@@ -489,6 +500,7 @@ impl Coordinator {
             recent: HashSet::default(),
             recent_old: HashSet::default(),
             ids: IdHasher::default(),
+            previous: HashMap::new(),
             in_flight: 0,
             held: 0,
             next_seq: 0,
@@ -572,8 +584,15 @@ impl Coordinator {
                 calendar_id,
                 change_ids,
                 deliveries,
-                settled,
+                acked,
             } => {
+                let settled = acked.is_some();
+                if let Some(acked) = acked.filter(|a| !a.done()) {
+                    if self.previous.len() >= PREVIOUS_PRUNE_AT {
+                        self.previous.retain(|_, a| !a.done());
+                    }
+                    self.previous.insert(calendar_id.clone(), acked);
+                }
                 self.held = self.held.saturating_sub(deliveries);
                 for id in &change_ids {
                     let key = self.ids.key(id);
@@ -738,9 +757,10 @@ impl Coordinator {
             if cal.in_flight {
                 continue;
             }
-            let Some(batch) = cal.closed.pop_front() else {
+            let Some(mut batch) = cal.closed.pop_front() else {
                 continue;
             };
+            batch.previous = self.previous.remove(&calendar_id);
             cal.in_flight = true;
             self.in_flight += 1;
             metrics::gauge!("csw_imports_in_flight").set(self.in_flight as f64);

@@ -7,7 +7,7 @@ use tokio::{sync::mpsc, time::Instant};
 use tracing::Instrument;
 
 use super::{
-    InboundMessage,
+    AckedThrough, InboundMessage,
     coordinator::{Batch, Input, ParseSettings},
     events::{self, ErrorInfo, Timings},
     jobs::{JobEnd, JobRegistry, PollPolicy, follow},
@@ -68,11 +68,11 @@ pub async fn run(ctx: &ImportContext, mut batch: Batch) {
         &span,
         batch.changes.first().and_then(|a| a.msg.traceparent()),
     );
-    let settled = tokio::select! {
-        settled = import(ctx, &mut batch, &change_ids).instrument(span) => settled,
+    let acked = tokio::select! {
+        acked = import(ctx, &mut batch, &change_ids).instrument(span) => acked,
         _ = ctx.outbound.hard_stop.cancelled() => {
             tracing::warn!(calendar_id, "shutdown grace period over: import abandoned unacked; the broker will redeliver its changes");
-            false
+            None
         }
     };
     let deliveries = batch.changes.len() + batch.shared.attached();
@@ -80,12 +80,17 @@ pub async fn run(ctx: &ImportContext, mut batch: Batch) {
         calendar_id,
         change_ids,
         deliveries,
-        settled,
+        acked,
     });
 }
 
-/// Returns whether the batch was settled (event published, deliveries acked).
-async fn import(ctx: &ImportContext, batch: &mut Batch, change_ids: &[String]) -> bool {
+/// Where the batch's deliveries end when it was settled (event published,
+/// deliveries acked or on their way); `None` when it was abandoned.
+async fn import(
+    ctx: &ImportContext,
+    batch: &mut Batch,
+    change_ids: &[String],
+) -> Option<AckedThrough> {
     let batch_id = batch_id(&batch.calendar_id, change_ids);
     let body = batch.import_body(&ctx.parse);
     let calendar_id = batch.calendar_id.as_str();
@@ -118,6 +123,11 @@ async fn import(ctx: &ImportContext, batch: &mut Batch, change_ids: &[String]) -
     let tp = traceparent.as_deref();
     let entry_count = batch.entry_count;
 
+    // The calendar's previous batch is acked before this one reaches CXone
+    // (see `AckTracker::ack_through`); in a steady drain it already is.
+    if let Some(previous) = batch.previous.take() {
+        previous.ensure().await;
+    }
     let request_started = Instant::now();
     let submitted = match body {
         Ok(body) => Ok(ctx
@@ -177,7 +187,7 @@ async fn import(ctx: &ImportContext, batch: &mut Batch, change_ids: &[String]) -
                 .await
             {
                 tracing::warn!(error = %e, "submitted event not published; leaving the batch unacked");
-                return false;
+                return None;
             }
             let poll_started = Instant::now();
             let end = follow(&ctx.client, &ctx.jobs, &sub.job_id, &ctx.poll, tp).await;
@@ -305,7 +315,9 @@ async fn import(ctx: &ImportContext, batch: &mut Batch, change_ids: &[String]) -
         (Outcome::Failed { .. }, _) => "failed",
     };
     metrics::counter!("csw_imports_total", "outcome" => label).increment(1);
-    let ok = settled.is_ok();
+    let acked = settled
+        .is_ok()
+        .then(|| AckedThrough::of(messages.iter().copied()));
     match (&outcome, settled) {
         (_, Err(e)) => tracing::warn!(error = %e, "batch left unacked"),
         (Outcome::Completed { .. }, Ok(())) => {
@@ -316,7 +328,7 @@ async fn import(ctx: &ImportContext, batch: &mut Batch, change_ids: &[String]) -
             tracing::warn!(code = %error.code, message = %error.message, "import failed; changes dead-lettered")
         }
     }
-    ok
+    acked
 }
 
 fn ms(d: Duration) -> u64 {

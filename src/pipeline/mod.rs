@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use lapin::{BasicProperties, types::ShortString};
 
-use crate::amqp::AckTracker;
+use crate::amqp::{AckTracker, STRAGGLER_DELAY};
 
 /// One delivery, with what settlement needs to dead-letter and ack it.
 ///
@@ -259,6 +259,55 @@ impl PropsInterner {
 }
 
 /// Acks a set of deliveries, grouped by the channel they came on.
+/// How long the acks may stand still before a calendar's next import stops
+/// waiting for them and acks its previous batch alone.
+const ACK_STALL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Where a settled batch's deliveries end on each channel they came on: a
+/// calendar's next import first acks its channels through these tags
+/// ([`AckTracker::ack_through`] says why), which sends nothing when the
+/// coalesced acks already have.
+pub struct AckedThrough(Vec<(Arc<AckTracker>, u64)>);
+
+impl AckedThrough {
+    pub fn of<'a>(messages: impl IntoIterator<Item = &'a InboundMessage>) -> AckedThrough {
+        let mut marks: Vec<(Arc<AckTracker>, u64)> = Vec::new();
+        for m in messages {
+            match marks.iter_mut().find(|(t, _)| Arc::ptr_eq(t, &m.acks)) {
+                Some((_, tag)) => *tag = (*tag).max(m.tag),
+                None => marks.push((m.acks.clone(), m.tag)),
+            }
+        }
+        AckedThrough(marks)
+    }
+
+    /// Whether every channel's acks already passed these tags.
+    pub fn done(&self) -> bool {
+        self.0.iter().all(|(t, tag)| t.acked_through(*tag))
+    }
+
+    /// Acks what is still unacked up to these tags, after giving the
+    /// coalesced acks up to [`STRAGGLER_DELAY`] to get there while they keep
+    /// moving (acks sent alone cost a quorum queue a Raft command each; a
+    /// front held back by a batch in retries does not move, and is not
+    /// waited for). A closed channel is skipped: the broker redelivers its
+    /// deliveries to this worker, which remembers them as settled and acks
+    /// them without importing them again.
+    pub async fn ensure(&self) {
+        for (tracker, tag) in &self.0 {
+            if tracker
+                .wait_acked_through(*tag, STRAGGLER_DELAY, ACK_STALL)
+                .await
+            {
+                continue;
+            }
+            if let Err(e) = tracker.ack_through(*tag).await {
+                tracing::debug!(error = %e, "could not ack a previous batch of a closed channel before the next import");
+            }
+        }
+    }
+}
+
 pub async fn ack_all<'a>(messages: impl IntoIterator<Item = &'a InboundMessage>) {
     let mut groups: Vec<(Arc<AckTracker>, Vec<u64>)> = Vec::new();
     for m in messages {
