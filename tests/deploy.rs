@@ -53,6 +53,7 @@ const KNOWN_METRICS: &[&str] = &[
     "csw_partitions_owned",
     "csw_acks_sent_total",
     "csw_batches_closed_total",
+    "csw_changes_joined_waiting_total",
     "csw_webhooks_total",
     "csw_cxone_requests_total",
     "csw_cxone_rate_limited_total",

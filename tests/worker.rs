@@ -153,6 +153,63 @@ async fn a_full_window_with_nothing_in_flight_sends_without_waiting() {
     assert_eq!(finish(worker, tap, sim).await, 0, "nothing left unacked");
 }
 
+/// A batch closed by age while it waits for an import slot still takes a
+/// later change of its calendar that fits: one import instead of two, and
+/// the roster is the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_waiting_for_a_slot_takes_later_changes() {
+    // One slot, held for a second and a half by calendar A's import.
+    let sim = sim(SimConfig {
+        job_base_ms: 1500,
+        ..fast_sim()
+    })
+    .await;
+    let settings = settings(
+        "latejoin",
+        &sim.base_url(),
+        &[
+            ("CSW__IMPORTS__MAX_CONCURRENT", "1"),
+            // Every batch closes by age almost at once.
+            ("CSW__BATCH__MAX_WAIT_MS", "1"),
+        ],
+    );
+    let mut tap = Tap::new(&settings).await;
+    let worker = app::start(settings.clone()).await.unwrap();
+
+    tap.publish(&change("a1", "cal-a", &[("a", &at(15, 8), &at(15, 16))]))
+        .await;
+    tap.events_until(WAIT, |e| {
+        e.iter()
+            .any(|e| e["type"] == "wfm.schedule.import.submitted")
+    })
+    .await;
+    // cal-b's first batch closes by age a millisecond after b1 arrives and
+    // waits for the slot. b2 goes once b1 has left the queue, so it reaches
+    // the closed batch (were it ever to come within that millisecond, it
+    // would join the open batch instead: the same outcome).
+    tap.publish(&change("b1", "cal-b", &[("b1", &at(15, 8), &at(15, 16))]))
+        .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tap.inbound_ready().await > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "b1 never delivered");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tap.publish(&change("b2", "cal-b", &[("b2", &at(15, 8), &at(15, 16))]))
+        .await;
+    let ids: Vec<String> = ["a1", "b1", "b2"].map(String::from).to_vec();
+    tap.wait_completed(&ids, WAIT).await;
+    let completed = tap.events_of("schedule.import.completed");
+    assert_eq!(completed.len(), 2, "{completed:?}");
+    let b = completed
+        .iter()
+        .find(|e| e["data"]["calendarId"] == "cal-b")
+        .expect("cal-b completed");
+    assert_eq!(b["data"]["changeIds"], json!(["b1", "b2"]));
+    assert_eq!(sim.stats().imports_accepted, 2);
+    assert_eq!(sim.shifts("cal-b").len(), 2);
+    assert_eq!(finish(worker, tap, sim).await, 0, "nothing left unacked");
+}
+
 /// The same changeId twice while the first is open: imported once, both acked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_change_id_is_imported_once() {
