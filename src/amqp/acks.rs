@@ -27,6 +27,10 @@
 //! next worker imports again. That is harmless on its own, but not after a
 //! newer batch of its calendar was imported: [`AckTracker::ack_through`]
 //! says why, and a calendar's next import acks its previous batch first.
+//!
+//! A long settled front goes as several `multiple` acks of at most
+//! [`MULTIPLE_ACK_CHUNK`] deliveries, so the broker settles it in pieces and
+//! starts delivering again after the first.
 
 use std::{
     collections::VecDeque,
@@ -55,6 +59,12 @@ pub const SINGLES_PER_TICK: usize = 64;
 /// takes at the default `batch.max_wait_ms`, shorter than the backoff of a
 /// batch stuck in retries soon becomes.
 pub const FRONT_STILL_TICKS: u32 = 4;
+
+/// Most deliveries one `multiple` ack covers: a longer settled front goes as
+/// several, so a quorum queue settles it in pieces and delivers again after
+/// the first instead of after all (a 50,000-delivery ack is one Raft command
+/// the queue must apply before it hands out the credit it returns).
+pub const MULTIPLE_ACK_CHUNK: u64 = 5000;
 
 const UNSETTLED: u8 = 0;
 /// Settled (its event and dead-letter copies are confirmed), not acked yet.
@@ -96,7 +106,7 @@ struct State {
 /// What to send, decided under the state lock.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Decision {
-    multiple: Option<u64>,
+    multiples: Vec<u64>,
     singles: Vec<u64>,
     /// The front (first tag not settled) once these acks are sent.
     front: u64,
@@ -140,21 +150,38 @@ impl State {
     /// Pops the settled front; the highest popped tag not yet acked is the
     /// `multiple` ack that covers the run (tags acked alone are no longer
     /// outstanding, so covering them again is harmless).
+    #[cfg(test)]
     fn take_front(&mut self) -> Option<u64> {
-        let mut multiple = None;
+        self.take_front_chunked(u64::MAX).pop()
+    }
+
+    /// Pops the settled front as `multiple` acks of at most about `chunk`
+    /// tags each, ascending; each ack is at a tag not acked before.
+    fn take_front_chunked(&mut self, chunk: u64) -> Vec<u64> {
+        let mut acks = Vec::new();
+        let mut last = None;
+        let mut since = 0u64;
         while let Some(&s) = self.states.front() {
             if s == UNSETTLED {
                 break;
             }
             if s == SETTLED || s == AGED {
-                multiple = Some(self.base);
+                last = Some(self.base);
                 self.stragglers -= 1;
             }
             self.states.pop_front();
             self.base += 1;
             self.front_moved = true;
+            since += 1;
+            if since >= chunk
+                && let Some(tag) = last.take()
+            {
+                acks.push(tag);
+                since = 0;
+            }
         }
-        multiple
+        acks.extend(last);
+        acks
     }
 
     /// Every straggler, to be acked alone now.
@@ -277,10 +304,10 @@ impl AckTracker {
         let (decision, stragglers) = {
             let mut st = self.state.lock();
             st.mark(tags);
-            let multiple = st.take_front();
+            let multiples = st.take_front_chunked(MULTIPLE_ACK_CHUNK);
             (
                 Decision {
-                    multiple,
+                    multiples,
                     singles: Vec::new(),
                     front: st.base,
                 },
@@ -298,13 +325,13 @@ impl AckTracker {
         let _send = self.send.lock().await;
         let (decision, left) = {
             let mut st = self.state.lock();
-            let multiple = st.take_front();
+            let multiples = st.take_front_chunked(MULTIPLE_ACK_CHUNK);
             let singles = st.take_aged();
-            st.take_front();
+            st.take_front_chunked(MULTIPLE_ACK_CHUNK);
             let front = st.base;
             (
                 Decision {
-                    multiple,
+                    multiples,
                     singles,
                     front,
                 },
@@ -333,11 +360,11 @@ impl AckTracker {
             if tag < st.base {
                 return Ok(());
             }
-            let multiple = st.take_front();
+            let multiples = st.take_front_chunked(MULTIPLE_ACK_CHUNK);
             let singles = st.take_stragglers_through(tag);
-            st.take_front();
+            st.take_front_chunked(MULTIPLE_ACK_CHUNK);
             Decision {
-                multiple,
+                multiples,
                 singles,
                 front: st.base,
             }
@@ -351,12 +378,12 @@ impl AckTracker {
         let _send = self.send.lock().await;
         let decision = {
             let mut st = self.state.lock();
-            let multiple = st.take_front();
+            let multiples = st.take_front_chunked(MULTIPLE_ACK_CHUNK);
             let singles = st.take_stragglers();
             // Acked singles at the front can leave now.
-            st.take_front();
+            st.take_front_chunked(MULTIPLE_ACK_CHUNK);
             Decision {
-                multiple,
+                multiples,
                 singles,
                 front: st.base,
             }
@@ -366,7 +393,7 @@ impl AckTracker {
 
     /// Sends what was decided; the caller holds the send lock.
     async fn send_acks(&self, d: Decision) -> Result<(), AmqpError> {
-        if d.multiple.is_none() && d.singles.is_empty() {
+        if d.multiples.is_empty() && d.singles.is_empty() {
             // The front can still have moved, over tags acked alone.
             self.note_sent_front(d.front);
             return Ok(());
@@ -374,8 +401,11 @@ impl AckTracker {
         if !self.channel.status().connected() {
             return Err(AmqpError::Disconnected);
         }
-        if let Some(tag) = d.multiple {
-            metrics::counter!("csw_acks_sent_total", "kind" => "multiple").increment(1);
+        if !d.multiples.is_empty() {
+            metrics::counter!("csw_acks_sent_total", "kind" => "multiple")
+                .increment(d.multiples.len() as u64);
+        }
+        for tag in d.multiples {
             self.ack(tag, true).await?;
         }
         if !d.singles.is_empty() {
@@ -531,6 +561,24 @@ mod tests {
         assert!(rest.len() > SINGLES_PER_TICK);
         assert_eq!(s.stragglers, 0);
         assert_eq!(s.outstanding(), 1, "only 2 is held");
+    }
+
+    #[test]
+    fn a_long_front_goes_in_chunks_at_tags_not_acked_before() {
+        let mut s = state(1..=10);
+        s.mark(&[1, 2, 3, 5, 6, 7, 8, 9]);
+        // 4 is acked alone first, so no chunk may end on it.
+        s.mark(&[4]);
+        assert_eq!(s.take_stragglers_through(4), vec![1, 2, 3, 4]);
+        s.mark(&[1]);
+        assert_eq!(s.take_front_chunked(4), vec![5, 9], "4 was acked alone");
+        assert_eq!(
+            s.take_front_chunked(4),
+            Vec::<u64>::new(),
+            "10 is unsettled"
+        );
+        assert_eq!(s.stragglers, 0);
+        assert_eq!(s.outstanding(), 1);
     }
 
     #[test]
