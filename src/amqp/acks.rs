@@ -406,6 +406,7 @@ impl AckTracker {
                 .increment(d.multiples.len() as u64);
         }
         for tag in d.multiples {
+            tracing::debug!(target: "csw::timeline", tag, "multiple ack sent");
             self.ack(tag, true).await?;
         }
         if !d.singles.is_empty() {

@@ -260,6 +260,9 @@ async fn session(
                             match result {
                                 Ok(d) => {
                                     if let Some(sub) = active.get(&i) {
+                                        if d.delivery_tag % TIMELINE_EVERY == 0 {
+                                            tracing::debug!(target: "csw::timeline", tag = d.delivery_tag, "delivery received");
+                                        }
                                         taken.push_back(take(d, &sub.tracker, &mut props, &received_total));
                                     }
                                 }
@@ -473,6 +476,12 @@ async fn send_heartbeat(ch: &Channel, exchange: &str, me: &str, leaving: bool) {
         )
         .await;
 }
+
+/// Every this many delivery tags, a `csw::timeline` debug event: with the
+/// multiple acks (same target) and the imports' info lines it shows how a
+/// drain's rounds of delivery, import and settlement line up
+/// (`RUST_LOG=info,csw::timeline=debug`; see docs/benchmarks.md).
+const TIMELINE_EVERY: u64 = 2500;
 
 /// How many taken deliveries are validated and batched before lapin's
 /// buffer is drained again.
