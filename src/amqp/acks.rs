@@ -266,6 +266,12 @@ impl AckTracker {
         tag < *self.sent_front.borrow()
     }
 
+    /// Whether the channel can still ack: once closed, the broker
+    /// redelivers whatever it did not ack.
+    pub fn is_open(&self) -> bool {
+        self.channel.status().connected()
+    }
+
     /// Waits until every delivery up to `tag` was acked, for at most `wait`
     /// and only while the acks keep moving (each step within `stall`);
     /// returns whether it was. A closed channel is not waited for.
@@ -277,7 +283,7 @@ impl AckTracker {
             if tag < at {
                 return true;
             }
-            if !self.channel.status().connected() {
+            if !self.is_open() {
                 return false;
             }
             let step = deadline.min(tokio::time::Instant::now() + stall);
@@ -343,7 +349,7 @@ impl AckTracker {
     }
 
     /// Acks now every settled delivery up to `tag` that is not acked yet:
-    /// the front with one `multiple` ack, stragglers up to `tag` alone.
+    /// the front with `multiple` acks, stragglers up to `tag` alone.
     /// Nothing is sent when the front already passed `tag`, as it has in a
     /// steady drain by the time a calendar's next batch goes.
     ///
@@ -372,8 +378,8 @@ impl AckTracker {
         self.send_acks(decision).await
     }
 
-    /// Acks every settled delivery now: the front with one `multiple` ack,
-    /// the rest one by one.
+    /// Acks every settled delivery now: the front with `multiple` acks, the
+    /// rest one by one.
     pub async fn flush(&self) -> Result<(), AmqpError> {
         let _send = self.send.lock().await;
         let decision = {

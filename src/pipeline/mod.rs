@@ -281,9 +281,12 @@ impl AckedThrough {
         AckedThrough(marks)
     }
 
-    /// Whether every channel's acks already passed these tags.
+    /// Whether nothing is left to ack: every channel's acks passed these
+    /// tags, or the channel closed (the broker redelivers its deliveries).
     pub fn done(&self) -> bool {
-        self.0.iter().all(|(t, tag)| t.acked_through(*tag))
+        self.0
+            .iter()
+            .all(|(t, tag)| t.acked_through(*tag) || !t.is_open())
     }
 
     /// Acks what is still unacked up to these tags, after giving the
