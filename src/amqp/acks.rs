@@ -184,6 +184,21 @@ impl State {
         acks
     }
 
+    /// What to send: the settled front as `multiple` acks, then the single
+    /// acks `singles` picks from behind it. (Tags acked alone that are at
+    /// the front then leave; nothing settled can follow them there, since
+    /// the front stopped at an unsettled tag.)
+    fn decide(&mut self, singles: impl FnOnce(&mut State) -> Vec<u64>) -> Decision {
+        let multiples = self.take_front_chunked(MULTIPLE_ACK_CHUNK);
+        let singles = singles(self);
+        self.take_front_chunked(MULTIPLE_ACK_CHUNK);
+        Decision {
+            multiples,
+            singles,
+            front: self.base,
+        }
+    }
+
     /// Every straggler, to be acked alone now.
     fn take_stragglers(&mut self) -> Vec<u64> {
         self.take_stragglers_through(u64::MAX)
@@ -310,15 +325,7 @@ impl AckTracker {
         let (decision, stragglers) = {
             let mut st = self.state.lock();
             st.mark(tags);
-            let multiples = st.take_front_chunked(MULTIPLE_ACK_CHUNK);
-            (
-                Decision {
-                    multiples,
-                    singles: Vec::new(),
-                    front: st.base,
-                },
-                st.stragglers,
-            )
+            (st.decide(|_| Vec::new()), st.stragglers)
         };
         if stragglers > 0 && !self.flush_scheduled.swap(true, Ordering::AcqRel) {
             tokio::spawn(straggler_ticks(self.clone()));
@@ -331,18 +338,7 @@ impl AckTracker {
         let _send = self.send.lock().await;
         let (decision, left) = {
             let mut st = self.state.lock();
-            let multiples = st.take_front_chunked(MULTIPLE_ACK_CHUNK);
-            let singles = st.take_aged();
-            st.take_front_chunked(MULTIPLE_ACK_CHUNK);
-            let front = st.base;
-            (
-                Decision {
-                    multiples,
-                    singles,
-                    front,
-                },
-                st.stragglers,
-            )
+            (st.decide(State::take_aged), st.stragglers)
         };
         self.send_acks(decision).await?;
         Ok(left > 0)
@@ -366,14 +362,7 @@ impl AckTracker {
             if tag < st.base {
                 return Ok(());
             }
-            let multiples = st.take_front_chunked(MULTIPLE_ACK_CHUNK);
-            let singles = st.take_stragglers_through(tag);
-            st.take_front_chunked(MULTIPLE_ACK_CHUNK);
-            Decision {
-                multiples,
-                singles,
-                front: st.base,
-            }
+            st.decide(|st| st.take_stragglers_through(tag))
         };
         self.send_acks(decision).await
     }
@@ -382,18 +371,7 @@ impl AckTracker {
     /// rest one by one.
     pub async fn flush(&self) -> Result<(), AmqpError> {
         let _send = self.send.lock().await;
-        let decision = {
-            let mut st = self.state.lock();
-            let multiples = st.take_front_chunked(MULTIPLE_ACK_CHUNK);
-            let singles = st.take_stragglers();
-            // Acked singles at the front can leave now.
-            st.take_front_chunked(MULTIPLE_ACK_CHUNK);
-            Decision {
-                multiples,
-                singles,
-                front: st.base,
-            }
-        };
+        let decision = self.state.lock().decide(State::take_stragglers);
         self.send_acks(decision).await
     }
 

@@ -271,14 +271,12 @@ pub struct AckedThrough(Vec<(Arc<AckTracker>, u64)>);
 
 impl AckedThrough {
     pub fn of<'a>(messages: impl IntoIterator<Item = &'a InboundMessage>) -> AckedThrough {
-        let mut marks: Vec<(Arc<AckTracker>, u64)> = Vec::new();
-        for m in messages {
-            match marks.iter_mut().find(|(t, _)| Arc::ptr_eq(t, &m.acks)) {
-                Some((_, tag)) => *tag = (*tag).max(m.tag),
-                None => marks.push((m.acks.clone(), m.tag)),
-            }
-        }
-        AckedThrough(marks)
+        AckedThrough(
+            by_channel(messages)
+                .into_iter()
+                .map(|(tracker, tags)| (tracker, tags.into_iter().max().unwrap_or(0)))
+                .collect(),
+        )
     }
 
     /// Whether nothing is left to ack: every channel's acks passed these
@@ -311,7 +309,10 @@ impl AckedThrough {
     }
 }
 
-pub async fn ack_all<'a>(messages: impl IntoIterator<Item = &'a InboundMessage>) {
+/// The deliveries' tags, per channel they came on.
+fn by_channel<'a>(
+    messages: impl IntoIterator<Item = &'a InboundMessage>,
+) -> Vec<(Arc<AckTracker>, Vec<u64>)> {
     let mut groups: Vec<(Arc<AckTracker>, Vec<u64>)> = Vec::new();
     for m in messages {
         match groups.iter_mut().find(|(t, _)| Arc::ptr_eq(t, &m.acks)) {
@@ -319,7 +320,11 @@ pub async fn ack_all<'a>(messages: impl IntoIterator<Item = &'a InboundMessage>)
             None => groups.push((m.acks.clone(), vec![m.tag])),
         }
     }
-    for (tracker, tags) in groups {
+    groups
+}
+
+pub async fn ack_all<'a>(messages: impl IntoIterator<Item = &'a InboundMessage>) {
+    for (tracker, tags) in by_channel(messages) {
         if let Err(e) = tracker.settle(&tags).await {
             // The channel died: the broker redelivers these, and the redelivered
             // copies settle on the new channel.
