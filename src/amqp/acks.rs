@@ -5,7 +5,8 @@
 //! costs a frame per message and, on a quorum queue, a Raft command per
 //! frame. Instead, settled deliveries are held: the settled run at the front
 //! of the channel (every delivery up to it settled) goes out as one
-//! `multiple` ack at once. Settled deliveries stuck behind an unsettled one
+//! `multiple` ack at once, unless it is short beside what is held behind it
+//! ([`SHORT_FRONT_RATIO`] says why). Settled deliveries stuck behind an unsettled one
 //! ("stragglers") are acked one by one after one to two [`STRAGGLER_DELAY`]s
 //! (a tick ages fresh stragglers and acks the aged ones), but at most
 //! [`SINGLES_PER_TICK`] a tick, oldest first, unless the front itself is
@@ -65,6 +66,18 @@ pub const FRONT_STILL_TICKS: u32 = 4;
 /// the first instead of after all (a 50,000-delivery ack is one Raft command
 /// the queue must apply before it hands out the credit it returns).
 pub const MULTIPLE_ACK_CHUNK: u64 = 5000;
+
+/// A settled front shorter than 1/64 of the deliveries held behind it is
+/// not acked at once: it waits for a later settle to lengthen it, or for
+/// the next straggler tick (at most [`STRAGGLER_DELAY`]). Returning that
+/// little credit early gains the broker almost nothing, but it lets the
+/// broker hand out a few deliveries of every calendar while the rest of
+/// the window is still being imported, and those start the next batches'
+/// `batch.max_wait_ms` clocks before the bulk of their changes can arrive:
+/// when many calendars interleave, a round's first import to finish used to
+/// start the next round's clocks, and a slow round then closed its batches
+/// by age, part full, instead of full.
+pub const SHORT_FRONT_RATIO: usize = 64;
 
 const UNSETTLED: u8 = 0;
 /// Settled (its event and dead-letter copies are confirmed), not acked yet.
@@ -199,6 +212,21 @@ impl State {
         }
     }
 
+    /// Whether the settled front is shorter than 1/[`SHORT_FRONT_RATIO`] of
+    /// the deliveries held behind it (and so waits for more or for a tick).
+    fn front_is_short(&self) -> bool {
+        // run ≤ len / (ratio + 1) means ratio × run ≤ what is behind it; only
+        // that many states need looking at.
+        let limit = self.states.len() / (SHORT_FRONT_RATIO + 1);
+        let run = self
+            .states
+            .iter()
+            .take(limit + 1)
+            .take_while(|&&s| s != UNSETTLED)
+            .count();
+        run > 0 && run <= limit
+    }
+
     /// Every straggler, to be acked alone now.
     fn take_stragglers(&mut self) -> Vec<u64> {
         self.take_stragglers_through(u64::MAX)
@@ -325,7 +353,15 @@ impl AckTracker {
         let (decision, stragglers) = {
             let mut st = self.state.lock();
             st.mark(tags);
-            (st.decide(|_| Vec::new()), st.stragglers)
+            let decision = if st.front_is_short() {
+                Decision {
+                    front: st.base,
+                    ..Decision::default()
+                }
+            } else {
+                st.decide(|_| Vec::new())
+            };
+            (decision, st.stragglers)
         };
         if stragglers > 0 && !self.flush_scheduled.swap(true, Ordering::AcqRel) {
             tokio::spawn(straggler_ticks(self.clone()));
@@ -580,6 +616,27 @@ mod tests {
         assert_eq!(s.take_front(), Some(1));
         assert!(s.take_stragglers_through(0).is_empty(), "before the base");
         assert_eq!(s.outstanding(), 2, "4 and 6 are held");
+    }
+
+    #[test]
+    fn a_front_short_beside_what_is_held_behind_it_waits() {
+        let n = 4 * (SHORT_FRONT_RATIO as u64 + 1);
+        let mut s = state(1..=n);
+        s.mark(&[1]);
+        assert!(s.front_is_short(), "1 settled, {} held behind it", n - 1);
+        s.mark(&[2, 3, 4]);
+        assert!(s.front_is_short(), "4 of {n}");
+        s.mark(&[5]);
+        assert!(!s.front_is_short(), "5 of {n} goes");
+        assert_eq!(s.take_front(), Some(5));
+        // With little held behind it, even one settled delivery goes.
+        let mut s = state(1..=SHORT_FRONT_RATIO as u64);
+        s.mark(&[1]);
+        assert!(!s.front_is_short());
+        // Nothing settled at the front: nothing to hold.
+        let mut s = state(1..=n);
+        s.mark(&[2]);
+        assert!(!s.front_is_short());
     }
 
     #[test]
