@@ -224,6 +224,8 @@ pub struct ShutdownSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct WorkerSettings {
     pub instance_id: String,
+    /// Threads of the async runtime; 0 means one per CPU core.
+    pub threads: u16,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -327,6 +329,12 @@ impl Settings {
             return Err(ConfigError::invalid(
                 "amqp.reconnect_max_ms",
                 "expected at least amqp.reconnect_initial_ms",
+            ));
+        }
+        if self.worker.threads > MAX_THREADS {
+            return Err(ConfigError::invalid(
+                "worker.threads",
+                format!("expected 0 (one per CPU core) to {MAX_THREADS}"),
             ));
         }
         positive("batch.max_entries", self.batch.max_entries as u64)?;
@@ -507,6 +515,10 @@ fn pem_blocks(text: &str) -> Vec<Result<(String, Vec<u8>), String>> {
     out
 }
 
+/// Most runtime threads `worker.threads` may ask for: far more than the
+/// work (a consumer, imports waiting on HTTP) can use, and a typo guard.
+const MAX_THREADS: u16 = 256;
+
 fn positive(key: &str, v: u64) -> Result<(), ConfigError> {
     if v == 0 {
         return Err(ConfigError::invalid(key, "expected a positive number"));
@@ -576,6 +588,7 @@ mod tests {
         assert_eq!(s.cxone.default_validation_mode, ValidationMode::Strict);
         assert_eq!(s.http.listen.port(), 8080);
         assert_eq!(s.effective_prefetch(), 2000);
+        assert_eq!(s.worker.threads, 0, "one per CPU core");
         assert!(s.cxone.webhook_secret().is_none());
     }
 
@@ -619,6 +632,8 @@ mod tests {
             ("CXONE_BASE_URL", "nope", "cxone.base_url"),
             ("CXONE_CLIENT_SECRET", "", "cxone.client_secret"),
             ("CSW__HTTP__LISTEN", "everywhere", "http.listen"),
+            ("CSW__WORKER__THREADS", "1000", "worker.threads"),
+            ("CSW__WORKER__THREADS", "-1", "worker.threads"),
             (
                 "CSW__CXONE__DEFAULT_VALIDATION_MODE",
                 "SLOPPY",

@@ -77,7 +77,11 @@ fn main() -> ExitCode {
         let code = cmd::validate::run(files, &settings, &mut std::io::stdout().lock());
         return ExitCode::from(code as u8);
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if settings.worker.threads > 0 {
+        builder.worker_threads(usize::from(settings.worker.threads));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

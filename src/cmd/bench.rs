@@ -83,6 +83,10 @@ pub struct BenchArgs {
     /// `amqp.prefetch` for the worker [throughput: interleaved calendars × batch.max_entries, calendar-major batch.max_entries × (max_concurrent + 1), at most 65535; api-bound: derived].
     #[arg(long)]
     pub prefetch: Option<u16>,
+    /// `worker.threads` for the worker: 1 leaves the other core of a small
+    /// machine to the broker it shares; 0 means one per CPU core.
+    #[arg(long, default_value_t = 1)]
+    pub worker_threads: u16,
     /// Steady publish rate of the latency phase, changes per second.
     #[arg(long, default_value_t = 1000.0)]
     pub latency_rate: f64,
@@ -155,12 +159,14 @@ pub async fn run(args: BenchArgs, settings: Settings) -> Result<(), BenchError> 
 }
 
 /// Runs the benchmark and returns its report.
-pub async fn run_bench(args: &BenchArgs, settings: Settings) -> Result<Value, BenchError> {
+pub async fn run_bench(args: &BenchArgs, mut settings: Settings) -> Result<Value, BenchError> {
     if !(args.latency_rate.is_finite() && args.latency_rate > 0.0) {
         return Err(BenchError::Usage(
             "--latency-rate must be a positive number of changes per second".into(),
         ));
     }
+    // For the worker child only: this process's runtime is already running.
+    settings.worker.threads = args.worker_threads;
     match args.scenario {
         Scenario::Throughput => throughput(args, settings).await,
         Scenario::ApiBound => api_bound(args, settings).await,
@@ -311,6 +317,7 @@ async fn throughput(args: &BenchArgs, settings: Settings) -> Result<Value, Bench
                 "imports": imports,
                 "prefetch": prefetch,
                 "maxConcurrent": max_concurrent,
+                "threads": env.settings.worker.threads,
                 "batchMaxEntries": max_entries,
                 "simJobMs": 0,
                 "completion": "webhook (polling as the fallback)",
@@ -442,6 +449,7 @@ async fn api_bound(args: &BenchArgs, settings: Settings) -> Result<Value, BenchE
             "worker": {
                 "startupMs": ms(ready),
                 "maxConcurrent": max_concurrent,
+                "threads": env.settings.worker.threads,
                 "maxRequestsPerMin": RATE_PER_MIN,
                 "batchMaxEntries": env.settings.batch.max_entries,
                 "imports": tally.imports,
@@ -665,6 +673,7 @@ impl Env {
                 "CSW__WORKER__INSTANCE_ID".into(),
                 s.worker.instance_id.clone(),
             ),
+            ("CSW__WORKER__THREADS".into(), s.worker.threads.to_string()),
             ("CSW__HTTP__LISTEN".into(), format!("127.0.0.1:{port}")),
             ("CXONE_BASE_URL".into(), sim.base_url()),
             ("CXONE_AUTH_URL".into(), sim.base_url()),
