@@ -224,7 +224,8 @@ pub struct ShutdownSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct WorkerSettings {
     pub instance_id: String,
-    /// Threads of the async runtime; 0 means one per CPU core.
+    /// Threads of the async runtime; 0 means one per CPU core, 1 runs
+    /// everything on the main thread.
     pub threads: u16,
 }
 

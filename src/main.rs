@@ -77,10 +77,18 @@ fn main() -> ExitCode {
         let code = cmd::validate::run(files, &settings, &mut std::io::stdout().lock());
         return ExitCode::from(code as u8);
     }
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if settings.worker.threads > 0 {
-        builder.worker_threads(usize::from(settings.worker.threads));
-    }
+    // One thread: everything runs on this one, with no hand-offs between
+    // threads (and one malloc arena); more: a work-stealing pool.
+    let mut builder = match settings.worker.threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if n > 1 {
+                b.worker_threads(usize::from(n));
+            }
+            b
+        }
+    };
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
