@@ -100,6 +100,10 @@ pub struct AckTracker {
     /// The first tag not covered by the acks sent so far (every tag below
     /// it was acked, by a `multiple` ack or alone): waiters watch it.
     sent_front: tokio::sync::watch::Sender<u64>,
+    /// The first tag not settled (every tag below it is settled, acked or
+    /// held back as a short front): what [`AckTracker::wait_settled_through`]
+    /// watches.
+    settled_front: tokio::sync::watch::Sender<u64>,
     send: tokio::sync::Mutex<()>,
     flush_scheduled: AtomicBool,
 }
@@ -214,7 +218,8 @@ impl State {
 
     /// Whether the settled front is shorter than 1/[`SHORT_FRONT_RATIO`] of
     /// the deliveries held behind it (and so waits for more or for a tick).
-    fn front_is_short(&self) -> bool {
+    /// If so, the first tag not settled.
+    fn short_front(&self) -> Option<u64> {
         // run ≤ len / (ratio + 1) means ratio × run ≤ what is behind it; only
         // that many states need looking at.
         let limit = self.states.len() / (SHORT_FRONT_RATIO + 1);
@@ -224,7 +229,7 @@ impl State {
             .take(limit + 1)
             .take_while(|&&s| s != UNSETTLED)
             .count();
-        run > 0 && run <= limit
+        (run > 0 && run <= limit).then(|| self.base + run as u64)
     }
 
     /// Every straggler, to be acked alone now.
@@ -296,6 +301,7 @@ impl AckTracker {
             send: tokio::sync::Mutex::new(()),
             flush_scheduled: AtomicBool::new(false),
             sent_front: tokio::sync::watch::Sender::new(0),
+            settled_front: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -315,11 +321,13 @@ impl AckTracker {
         self.channel.status().connected()
     }
 
-    /// Waits until every delivery up to `tag` was acked, for at most `wait`
-    /// and only while the acks keep moving (each step within `stall`);
-    /// returns whether it was. A closed channel is not waited for.
-    pub async fn wait_acked_through(&self, tag: u64, wait: Duration, stall: Duration) -> bool {
-        let mut front = self.sent_front.subscribe();
+    /// Waits until every delivery up to `tag` is settled, for at most
+    /// `wait` and only while the settled front keeps moving (each step
+    /// within `stall`); returns whether it is. Then [`AckTracker::ack_through`]
+    /// acks them all with `multiple` acks, none alone. A closed channel is
+    /// not waited for.
+    pub async fn wait_settled_through(&self, tag: u64, wait: Duration, stall: Duration) -> bool {
+        let mut front = self.settled_front.subscribe();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let at = *front.borrow_and_update();
@@ -353,13 +361,15 @@ impl AckTracker {
         let (decision, stragglers) = {
             let mut st = self.state.lock();
             st.mark(tags);
-            let decision = if st.front_is_short() {
-                Decision {
-                    front: st.base,
-                    ..Decision::default()
+            let decision = match st.short_front() {
+                Some(settled) => {
+                    self.note_settled_front(settled);
+                    Decision {
+                        front: st.base,
+                        ..Decision::default()
+                    }
                 }
-            } else {
-                st.decide(|_| Vec::new())
+                None => st.decide(|_| Vec::new()),
             };
             (decision, st.stragglers)
         };
@@ -413,6 +423,8 @@ impl AckTracker {
 
     /// Sends what was decided; the caller holds the send lock.
     async fn send_acks(&self, d: Decision) -> Result<(), AmqpError> {
+        // Whatever is sent, the front it leaves is the first tag not settled.
+        self.note_settled_front(d.front);
         if d.multiples.is_empty() && d.singles.is_empty() {
             // The front can still have moved, over tags acked alone.
             self.note_sent_front(d.front);
@@ -438,6 +450,14 @@ impl AckTracker {
         }
         self.note_sent_front(d.front);
         Ok(())
+    }
+
+    fn note_settled_front(&self, front: u64) {
+        self.settled_front.send_if_modified(|f| {
+            let moved = *f < front;
+            *f = (*f).max(front);
+            moved
+        });
     }
 
     fn note_sent_front(&self, front: u64) {
@@ -623,20 +643,24 @@ mod tests {
         let n = 4 * (SHORT_FRONT_RATIO as u64 + 1);
         let mut s = state(1..=n);
         s.mark(&[1]);
-        assert!(s.front_is_short(), "1 settled, {} held behind it", n - 1);
+        assert_eq!(s.short_front(), Some(2), "1 settled, {} held behind", n - 1);
         s.mark(&[2, 3, 4]);
-        assert!(s.front_is_short(), "4 of {n}");
+        assert_eq!(
+            s.short_front(),
+            Some(5),
+            "4 of {n}: 5 is the first unsettled"
+        );
         s.mark(&[5]);
-        assert!(!s.front_is_short(), "5 of {n} goes");
+        assert_eq!(s.short_front(), None, "5 of {n} goes");
         assert_eq!(s.take_front(), Some(5));
         // With little held behind it, even one settled delivery goes.
         let mut s = state(1..=SHORT_FRONT_RATIO as u64);
         s.mark(&[1]);
-        assert!(!s.front_is_short());
+        assert_eq!(s.short_front(), None);
         // Nothing settled at the front: nothing to hold.
         let mut s = state(1..=n);
         s.mark(&[2]);
-        assert!(!s.front_is_short());
+        assert_eq!(s.short_front(), None);
     }
 
     #[test]

@@ -288,20 +288,20 @@ impl AckedThrough {
     }
 
     /// Acks what is still unacked up to these tags, after giving the
-    /// coalesced acks up to [`STRAGGLER_DELAY`] to get there while they keep
-    /// moving (acks sent alone cost a quorum queue a Raft command each; a
-    /// front held back by a batch in retries does not move, and is not
-    /// waited for). A closed channel is skipped: the broker redelivers its
-    /// deliveries to this worker, which remembers them as settled and acks
-    /// them without importing them again.
+    /// settled front up to [`STRAGGLER_DELAY`] to get there while it keeps
+    /// moving, so that they go as `multiple` acks (acks sent alone cost a
+    /// quorum queue a Raft command each; a front held back by a batch in
+    /// retries does not move, and is not waited for). A closed channel is
+    /// skipped: the broker redelivers its deliveries to this worker, which
+    /// remembers them as settled and acks them without importing them again.
     pub async fn ensure(&self) {
         for (tracker, tag) in &self.0 {
-            if tracker
-                .wait_acked_through(*tag, STRAGGLER_DELAY, ACK_STALL)
-                .await
-            {
+            if tracker.acked_through(*tag) {
                 continue;
             }
+            tracker
+                .wait_settled_through(*tag, STRAGGLER_DELAY, ACK_STALL)
+                .await;
             if let Err(e) = tracker.ack_through(*tag).await {
                 tracing::debug!(error = %e, "could not ack a previous batch of a closed channel before the next import");
             }
