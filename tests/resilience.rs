@@ -189,18 +189,15 @@ async fn try_close_connection_named(name: &str) -> usize {
 /// redeclares, consumes again, and nothing is lost or misordered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forced_connection_close_loses_nothing() {
-    let sim = sim(cxone_schedule_worker::sim::SimConfig {
-        job_base_ms: 40,
-        ..fast_sim()
-    })
-    .await;
-    let settings = settings(
+    let mut app = spawn_app(
+        cxone_schedule_worker::sim::SimConfig {
+            job_base_ms: 40,
+            ..fast_sim()
+        },
         "connkill",
-        &sim.base_url(),
         &[("CSW__BATCH__MAX_ENTRIES", "20")],
-    );
-    let mut tap = Tap::new(&settings).await;
-    let worker = app::start(settings.clone()).await.unwrap();
+    )
+    .await;
     let mut model = RosterModel::default();
     let mut ids = Vec::new();
     for i in 0..300u32 {
@@ -212,33 +209,35 @@ async fn forced_connection_close_loses_nothing() {
             at(15, start + 1 + i % 5),
         );
         let id = format!("k{i}");
-        tap.publish(&change(&id, &cal, &[(&entry.0, &entry.1, &entry.2)]))
+        app.tap
+            .publish(&change(&id, &cal, &[(&entry.0, &entry.1, &entry.2)]))
             .await;
         model.apply(&cal, &[(&entry.0, &entry.1, &entry.2)]);
         ids.push(id);
         if i == 150 {
             // Wait for some progress, then pull the plug.
-            tap.events_until(WAIT, |e| {
-                e.iter()
-                    .filter(|e| e["type"] == "wfm.schedule.import.completed")
-                    .count()
-                    >= 3
-            })
-            .await;
-            let closed = close_connection_named(&worker.instance_id).await;
-            assert_eq!(closed, 1, "exactly the worker's connection is closed");
+            app.tap
+                .events_until(WAIT, |e| {
+                    e.iter()
+                        .filter(|e| e["type"] == "wfm.schedule.import.completed")
+                        .count()
+                        >= 3
+                })
+                .await;
+            let closed = close_connection_named(&app.worker.instance_id).await;
+            assert_eq!(closed, 1, "exactly the app.worker's connection is closed");
         }
     }
-    tap.wait_completed(&ids, WAIT).await;
+    app.tap.wait_completed(&ids, WAIT).await;
     for cal in model.calendars() {
         assert_eq!(
-            actual(&sim.shifts(&cal)),
+            actual(&app.sim.shifts(&cal)),
             model.expected(&cal),
             "roster of {cal}"
         );
     }
-    assert_eq!(sim.stats().concurrent_calendar_violations, 0);
-    let metrics = reqwest::get(format!("http://{}/metrics", worker.http_addr))
+    assert_eq!(app.sim.stats().concurrent_calendar_violations, 0);
+    let metrics = reqwest::get(format!("http://{}/metrics", app.worker.http_addr))
         .await
         .unwrap()
         .text()
@@ -249,16 +248,19 @@ async fn forced_connection_close_loses_nothing() {
         .find_map(|l| l.strip_prefix("csw_broker_reconnects_total "))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .unwrap_or(0.0);
-    assert!(reconnects >= 1.0, "the worker reconnected: {reconnects}");
-    worker.shutdown();
-    worker.wait().await.unwrap();
+    assert!(
+        reconnects >= 1.0,
+        "the app.worker reconnected: {reconnects}"
+    );
+    app.worker.shutdown();
+    app.worker.wait().await.unwrap();
     assert_eq!(
-        tap.inbound_ready().await,
+        app.tap.inbound_ready().await,
         0,
         "every delivery acked after the reconnect"
     );
-    tap.cleanup().await;
-    sim.shutdown().await;
+    app.tap.cleanup().await;
+    app.sim.shutdown().await;
 }
 
 /// With the broker unreachable the worker keeps retrying, says so on /readyz,

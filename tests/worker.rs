@@ -16,14 +16,7 @@ const WAIT: Duration = Duration::from_secs(60);
 /// simulator's final roster must equal AUTO_RESOLVE applied in publish order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roster_across_many_calendars_matches_auto_resolve() {
-    let sim = sim(fast_sim()).await;
-    let settings = settings(
-        "roster",
-        &sim.base_url(),
-        &[("CSW__BATCH__MAX_ENTRIES", "40")],
-    );
-    let mut tap = Tap::new(&settings).await;
-    let worker = app::start(settings.clone()).await.unwrap();
+    let mut app = spawn_app(fast_sim(), "roster", &[("CSW__BATCH__MAX_ENTRIES", "40")]).await;
 
     let mut rng = StdRng::seed_from_u64(7);
     let mut model = RosterModel::default();
@@ -45,67 +38,69 @@ async fn roster_across_many_calendars_matches_auto_resolve() {
             .map(|(a, s, e)| (a.as_str(), s.as_str(), e.as_str()))
             .collect();
         let id = format!("chg-{i}");
-        tap.publish(&change(&id, &cal, &refs)).await;
+        app.tap.publish(&change(&id, &cal, &refs)).await;
         model.apply(&cal, &refs);
         ids.push(id);
     }
-    tap.wait_completed(&ids, WAIT).await;
+    app.tap.wait_completed(&ids, WAIT).await;
     for cal in model.calendars() {
         assert_eq!(
-            actual(&sim.shifts(&cal)),
+            actual(&app.sim.shifts(&cal)),
             model.expected(&cal),
             "roster of {cal}"
         );
     }
-    let stats = sim.stats();
+    let stats = app.sim.stats();
     assert_eq!(stats.concurrent_calendar_violations, 0);
-    assert!(tap.events_of("schedule.import.failed").is_empty());
+    assert!(app.tap.events_of("schedule.import.failed").is_empty());
     // Batching: far fewer imports than changes.
     assert!(stats.imports_accepted < 200, "{stats:?}");
-    let submitted = tap.events_of("schedule.import.submitted").len();
-    assert!(submitted >= tap.events_of("schedule.import.completed").len());
+    let submitted = app.tap.events_of("schedule.import.submitted").len();
+    assert!(submitted >= app.tap.events_of("schedule.import.completed").len());
 
-    assert_eq!(finish(worker, tap, sim).await, 0, "every delivery acked");
+    assert_eq!(app.finish().await, 0, "every delivery acked");
 }
 
 /// A change overlapping the open batch closes it: the calendar's imports
 /// follow delivery order, and a later non-overlapping change joins the new batch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_change_starts_the_next_batch_in_order() {
-    let sim = sim(fast_sim()).await;
-    let settings = settings(
+    let mut app = spawn_app(
+        fast_sim(),
         "overlap",
-        &sim.base_url(),
         &[("CSW__BATCH__MAX_WAIT_MS", "1500")],
-    );
-    let mut tap = Tap::new(&settings).await;
-    let worker = app::start(settings.clone()).await.unwrap();
-
-    tap.publish(&change("c1", "cal-x", &[("a1", &at(15, 8), &at(15, 16))]))
-        .await;
-    tap.publish(&change("c2", "cal-x", &[("a1", &at(15, 12), &at(15, 20))]))
-        .await;
-    tap.publish(&change("c3", "cal-x", &[("a2", &at(15, 8), &at(15, 16))]))
-        .await;
-    tap.events_until(WAIT, |e| {
-        e.iter()
-            .filter(|e| e["type"] == "wfm.schedule.import.completed")
-            .count()
-            == 2
-    })
+    )
     .await;
-    let completed = tap.events_of("schedule.import.completed");
+
+    app.tap
+        .publish(&change("c1", "cal-x", &[("a1", &at(15, 8), &at(15, 16))]))
+        .await;
+    app.tap
+        .publish(&change("c2", "cal-x", &[("a1", &at(15, 12), &at(15, 20))]))
+        .await;
+    app.tap
+        .publish(&change("c3", "cal-x", &[("a2", &at(15, 8), &at(15, 16))]))
+        .await;
+    app.tap
+        .events_until(WAIT, |e| {
+            e.iter()
+                .filter(|e| e["type"] == "wfm.schedule.import.completed")
+                .count()
+                == 2
+        })
+        .await;
+    let completed = app.tap.events_of("schedule.import.completed");
     assert_eq!(completed[0]["data"]["changeIds"], json!(["c1"]));
     assert_eq!(completed[1]["data"]["changeIds"], json!(["c2", "c3"]));
     assert_eq!(completed[1]["data"]["entryCount"], 2);
     assert_eq!(
-        actual(&sim.shifts("cal-x")),
+        actual(&app.sim.shifts("cal-x")),
         vec![
             ("a1".into(), at(15, 12), at(15, 20)),
             ("a2".into(), at(15, 8), at(15, 16)),
         ]
     );
-    finish(worker, tap, sim).await;
+    app.finish().await;
 }
 
 /// When the worker holds a full prefetch window and no import is running,
@@ -113,19 +108,17 @@ async fn overlapping_change_starts_the_next_batch_in_order() {
 /// batches the timer would send) instead of idling until `max_wait_ms`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_window_with_nothing_in_flight_sends_without_waiting() {
-    let sim = sim(fast_sim()).await;
-    let settings = settings(
+    let mut app = spawn_app(
+        fast_sim(),
         "window",
-        &sim.base_url(),
         &[
             ("CSW__AMQP__PREFETCH", "6"),
             // Ten minutes: far beyond the test's deadline, so only the
             // window trigger can send these batches in time.
             ("CSW__BATCH__MAX_WAIT_MS", "600000"),
         ],
-    );
-    let mut tap = Tap::new(&settings).await;
-    let worker = app::start(settings.clone()).await.unwrap();
+    )
+    .await;
 
     // Two rounds of six changes, two per calendar: each round fills the
     // window exactly.
@@ -135,22 +128,23 @@ async fn a_full_window_with_nothing_in_flight_sends_without_waiting() {
             let id = format!("w{round}-{i}");
             let cal = format!("cal-{}", i % 3);
             let agent = format!("a{round}-{i}");
-            tap.publish(&change(&id, &cal, &[(&agent, &at(15, 8), &at(15, 16))]))
+            app.tap
+                .publish(&change(&id, &cal, &[(&agent, &at(15, 8), &at(15, 16))]))
                 .await;
             ids.push(id);
         }
     }
-    tap.wait_completed(&ids, WAIT).await;
-    let completed = tap.events_of("schedule.import.completed");
+    app.tap.wait_completed(&ids, WAIT).await;
+    let completed = app.tap.events_of("schedule.import.completed");
     assert_eq!(completed.len(), 6, "one batch per calendar per window");
     for e in &completed {
         let changes = e["data"]["changeIds"].as_array().unwrap();
         assert_eq!(changes.len(), 2, "both of a calendar's changes: {e}");
     }
     for c in 0..3 {
-        assert_eq!(sim.shifts(&format!("cal-{c}")).len(), 4);
+        assert_eq!(app.sim.shifts(&format!("cal-{c}")).len(), 4);
     }
-    assert_eq!(finish(worker, tap, sim).await, 0, "nothing left unacked");
+    assert_eq!(app.finish().await, 0, "nothing left unacked");
 }
 
 /// A batch closed by age while it waits for an import slot still takes a
@@ -159,156 +153,159 @@ async fn a_full_window_with_nothing_in_flight_sends_without_waiting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_waiting_for_a_slot_takes_later_changes() {
     // One slot, held for a second and a half by calendar A's import.
-    let sim = sim(SimConfig {
-        job_base_ms: 1500,
-        ..fast_sim()
-    })
-    .await;
-    let settings = settings(
+    let mut app = spawn_app(
+        SimConfig {
+            job_base_ms: 1500,
+            ..fast_sim()
+        },
         "latejoin",
-        &sim.base_url(),
         &[
             ("CSW__IMPORTS__MAX_CONCURRENT", "1"),
             // Every batch closes by age almost at once.
             ("CSW__BATCH__MAX_WAIT_MS", "1"),
         ],
-    );
-    let mut tap = Tap::new(&settings).await;
-    let worker = app::start(settings.clone()).await.unwrap();
-
-    tap.publish(&change("a1", "cal-a", &[("a", &at(15, 8), &at(15, 16))]))
-        .await;
-    tap.events_until(WAIT, |e| {
-        e.iter()
-            .any(|e| e["type"] == "wfm.schedule.import.submitted")
-    })
+    )
     .await;
+
+    app.tap
+        .publish(&change("a1", "cal-a", &[("a", &at(15, 8), &at(15, 16))]))
+        .await;
+    app.tap
+        .events_until(WAIT, |e| {
+            e.iter()
+                .any(|e| e["type"] == "wfm.schedule.import.submitted")
+        })
+        .await;
     // cal-b's first batch closes by age a millisecond after b1 arrives and
     // waits for the slot. b2 goes once b1 has left the queue, so it reaches
     // the closed batch (were it ever to come within that millisecond, it
     // would join the open batch instead: the same outcome).
-    tap.publish(&change("b1", "cal-b", &[("b1", &at(15, 8), &at(15, 16))]))
+    app.tap
+        .publish(&change("b1", "cal-b", &[("b1", &at(15, 8), &at(15, 16))]))
         .await;
     let deadline = tokio::time::Instant::now() + WAIT;
-    while tap.inbound_ready().await > 0 {
+    while app.tap.inbound_ready().await > 0 {
         assert!(tokio::time::Instant::now() < deadline, "b1 never delivered");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    tap.publish(&change("b2", "cal-b", &[("b2", &at(15, 8), &at(15, 16))]))
+    app.tap
+        .publish(&change("b2", "cal-b", &[("b2", &at(15, 8), &at(15, 16))]))
         .await;
     let ids: Vec<String> = ["a1", "b1", "b2"].map(String::from).to_vec();
-    tap.wait_completed(&ids, WAIT).await;
-    let completed = tap.events_of("schedule.import.completed");
+    app.tap.wait_completed(&ids, WAIT).await;
+    let completed = app.tap.events_of("schedule.import.completed");
     assert_eq!(completed.len(), 2, "{completed:?}");
     let b = completed
         .iter()
         .find(|e| e["data"]["calendarId"] == "cal-b")
         .expect("cal-b completed");
     assert_eq!(b["data"]["changeIds"], json!(["b1", "b2"]));
-    assert_eq!(sim.stats().imports_accepted, 2);
-    assert_eq!(sim.shifts("cal-b").len(), 2);
-    assert_eq!(finish(worker, tap, sim).await, 0, "nothing left unacked");
+    assert_eq!(app.sim.stats().imports_accepted, 2);
+    assert_eq!(app.sim.shifts("cal-b").len(), 2);
+    assert_eq!(app.finish().await, 0, "nothing left unacked");
 }
 
 /// The same changeId twice while the first is open: imported once, both acked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_change_id_is_imported_once() {
-    let sim = sim(fast_sim()).await;
-    let settings = settings(
-        "dupe",
-        &sim.base_url(),
-        &[("CSW__BATCH__MAX_WAIT_MS", "1500")],
-    );
-    let mut tap = Tap::new(&settings).await;
-    let worker = app::start(settings.clone()).await.unwrap();
+    let mut app = spawn_app(fast_sim(), "dupe", &[("CSW__BATCH__MAX_WAIT_MS", "1500")]).await;
 
     let body = change("same", "cal-d", &[("a1", &at(15, 8), &at(15, 16))]);
-    tap.publish(&body).await;
-    tap.publish(&body).await;
-    tap.publish(&change(
-        "other",
-        "cal-d",
-        &[("a2", &at(15, 8), &at(15, 16))],
-    ))
-    .await;
-    tap.events_until(WAIT, |e| {
-        e.iter()
-            .any(|e| e["type"] == "wfm.schedule.import.completed")
-    })
-    .await;
-    let completed = tap.events_of("schedule.import.completed");
+    app.tap.publish(&body).await;
+    app.tap.publish(&body).await;
+    app.tap
+        .publish(&change(
+            "other",
+            "cal-d",
+            &[("a2", &at(15, 8), &at(15, 16))],
+        ))
+        .await;
+    app.tap
+        .events_until(WAIT, |e| {
+            e.iter()
+                .any(|e| e["type"] == "wfm.schedule.import.completed")
+        })
+        .await;
+    let completed = app.tap.events_of("schedule.import.completed");
     assert_eq!(completed.len(), 1);
     assert_eq!(completed[0]["data"]["changeIds"], json!(["same", "other"]));
-    assert_eq!(sim.stats().imports_accepted, 1);
-    assert_eq!(finish(worker, tap, sim).await, 0, "both deliveries acked");
+    assert_eq!(app.sim.stats().imports_accepted, 1);
+    assert_eq!(app.finish().await, 0, "both deliveries acked");
 }
 
 /// Every rejection that can reach the worker: event, dead-letter copy with
 /// headers, ack; good changes around them keep flowing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_rejected_dead_lettered_and_acked() {
-    let sim = sim(fast_sim()).await;
-    let settings = settings(
+    let mut app = spawn_app(
+        fast_sim(),
         "reject",
-        &sim.base_url(),
         &[("CSW__LIMITS__MAX_MESSAGE_BYTES", "4096")],
-    );
-    let mut tap = Tap::new(&settings).await;
-    let worker = app::start(settings.clone()).await.unwrap();
+    )
+    .await;
     let json_props = || BasicProperties::default().with_content_type("application/json".into());
 
-    tap.publish(&change(
-        "good-1",
-        "cal-r",
-        &[("a1", &at(15, 8), &at(15, 16))],
-    ))
-    .await;
-    tap.publish_raw(
-        "cal-r",
-        b"this is not json",
-        json_props().with_message_id("m-notjson".into()),
-    )
-    .await;
-    let good2 = change("good-2", "cal-r", &[("a2", &at(15, 8), &at(15, 16))]);
-    tap.publish_raw(
-        "cal-r",
-        &good2,
-        BasicProperties::default().with_content_type("text/plain".into()),
-    )
-    .await;
-    tap.publish_raw("cal-r", &vec![b' '; 5000], json_props())
+    app.tap
+        .publish(&change(
+            "good-1",
+            "cal-r",
+            &[("a1", &at(15, 8), &at(15, 16))],
+        ))
         .await;
-    tap.publish(&change(
-        "backwards",
-        "cal-r",
-        &[("a3", &at(15, 16), &at(15, 8))],
-    ))
-    .await;
-    tap.publish_raw(
-        "cal-r",
-        br#"{"schemaVersion":2,"calendarId":"cal-r","entries":[]}"#,
-        json_props(),
-    )
-    .await;
-    tap.publish_raw("cal-r", b"[1,2,3]", json_props()).await;
+    app.tap
+        .publish_raw(
+            "cal-r",
+            b"this is not json",
+            json_props().with_message_id("m-notjson".into()),
+        )
+        .await;
+    let good2 = change("good-2", "cal-r", &[("a2", &at(15, 8), &at(15, 16))]);
+    app.tap
+        .publish_raw(
+            "cal-r",
+            &good2,
+            BasicProperties::default().with_content_type("text/plain".into()),
+        )
+        .await;
+    app.tap
+        .publish_raw("cal-r", &vec![b' '; 5000], json_props())
+        .await;
+    app.tap
+        .publish(&change(
+            "backwards",
+            "cal-r",
+            &[("a3", &at(15, 16), &at(15, 8))],
+        ))
+        .await;
+    app.tap
+        .publish_raw(
+            "cal-r",
+            br#"{"schemaVersion":2,"calendarId":"cal-r","entries":[]}"#,
+            json_props(),
+        )
+        .await;
+    app.tap.publish_raw("cal-r", b"[1,2,3]", json_props()).await;
     // No content type at all means JSON.
-    tap.publish_raw(
-        "cal-r",
-        &change("good-3", "cal-r", &[("a4", &at(15, 8), &at(15, 16))]),
-        BasicProperties::default(),
-    )
-    .await;
+    app.tap
+        .publish_raw(
+            "cal-r",
+            &change("good-3", "cal-r", &[("a4", &at(15, 8), &at(15, 16))]),
+            BasicProperties::default(),
+        )
+        .await;
 
-    tap.events_until(WAIT, |e| {
-        e.iter()
-            .filter(|e| e["type"] == "wfm.schedule.change.rejected")
-            .count()
-            == 6
-            && e.iter()
-                .any(|e| e["type"] == "wfm.schedule.import.completed")
-    })
-    .await;
-    let mut codes: Vec<String> = tap
+    app.tap
+        .events_until(WAIT, |e| {
+            e.iter()
+                .filter(|e| e["type"] == "wfm.schedule.change.rejected")
+                .count()
+                == 6
+                && e.iter()
+                    .any(|e| e["type"] == "wfm.schedule.import.completed")
+        })
+        .await;
+    let mut codes: Vec<String> = app
+        .tap
         .events_of("schedule.change.rejected")
         .iter()
         .map(|e| e["data"]["errors"][0]["code"].as_str().unwrap().to_owned())
@@ -325,7 +322,8 @@ async fn bad_input_is_rejected_dead_lettered_and_acked() {
             "UNSUPPORTED_SCHEMA_VERSION",
         ]
     );
-    let notjson = tap
+    let notjson = app
+        .tap
         .events_of("schedule.change.rejected")
         .into_iter()
         .find(|e| e["data"]["messageId"] == "m-notjson")
@@ -336,8 +334,9 @@ async fn bad_input_is_rejected_dead_lettered_and_acked() {
     );
     assert_eq!(notjson["data"]["calendarId"], serde_json::Value::Null);
 
-    tap.dead_letters(6, WAIT).await;
-    let mut dead_codes: Vec<String> = tap
+    app.tap.dead_letters(6, WAIT).await;
+    let mut dead_codes: Vec<String> = app
+        .tap
         .seen_dead
         .iter()
         .map(|(_, h)| header(h, "x-error-code").expect("x-error-code"))
@@ -345,124 +344,131 @@ async fn bad_input_is_rejected_dead_lettered_and_acked() {
     dead_codes.sort();
     assert_eq!(dead_codes, codes);
     assert!(
-        tap.seen_dead
+        app.tap
+            .seen_dead
             .iter()
             .all(|(_, h)| header(h, "x-error-message").is_some())
     );
     assert!(
-        tap.seen_dead
+        app.tap
+            .seen_dead
             .iter()
             .any(|(body, _)| body == b"this is not json")
     );
 
-    tap.wait_completed(&["good-1".into(), "good-3".into()], WAIT)
+    app.tap
+        .wait_completed(&["good-1".into(), "good-3".into()], WAIT)
         .await;
-    let mut done = tap.change_ids_in("schedule.import.completed");
+    let mut done = app.tap.change_ids_in("schedule.import.completed");
     done.sort();
     assert_eq!(done, ["good-1", "good-3"]);
-    assert_eq!(finish(worker, tap, sim).await, 0);
+    assert_eq!(app.finish().await, 0);
 }
 
 /// A job that ends FAILED: failed event, dead-letter copies, acks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_job_dead_letters_its_changes() {
-    let sim = sim(SimConfig {
-        job_fail_rate: 1.0,
-        ..fast_sim()
-    })
+    let mut app = spawn_app(
+        SimConfig {
+            job_fail_rate: 1.0,
+            ..fast_sim()
+        },
+        "jobfail",
+        &[],
+    )
     .await;
-    let settings = settings("jobfail", &sim.base_url(), &[]);
-    let mut tap = Tap::new(&settings).await;
-    let worker = app::start(settings.clone()).await.unwrap();
-    tap.publish(&change("f1", "cal-f", &[("a1", &at(15, 8), &at(15, 16))]))
+    app.tap
+        .publish(&change("f1", "cal-f", &[("a1", &at(15, 8), &at(15, 16))]))
         .await;
-    tap.publish(&change("f2", "cal-f", &[("a2", &at(15, 8), &at(15, 16))]))
+    app.tap
+        .publish(&change("f2", "cal-f", &[("a2", &at(15, 8), &at(15, 16))]))
         .await;
-    tap.events_until(WAIT, |e| {
-        e.iter().any(|e| e["type"] == "wfm.schedule.import.failed")
-    })
-    .await;
-    let failed = tap.events_of("schedule.import.failed");
+    app.tap
+        .events_until(WAIT, |e| {
+            e.iter().any(|e| e["type"] == "wfm.schedule.import.failed")
+        })
+        .await;
+    let failed = app.tap.events_of("schedule.import.failed");
     assert_eq!(failed[0]["data"]["error"]["code"], "JOB_FAILED");
     assert!(failed[0]["data"]["jobId"].is_string());
-    tap.dead_letters(2, WAIT).await;
+    app.tap.dead_letters(2, WAIT).await;
     assert!(
-        tap.seen_dead
+        app.tap
+            .seen_dead
             .iter()
             .all(|(_, h)| header(h, "x-error-code").as_deref() == Some("JOB_FAILED"))
     );
-    assert!(sim.shifts("cal-f").is_empty());
-    assert_eq!(finish(worker, tap, sim).await, 0);
+    assert!(app.sim.shifts("cal-f").is_empty());
+    assert_eq!(app.finish().await, 0);
 }
 
 /// CXone rate-limits hard: the worker backs off and still imports everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_storm_still_imports_everything() {
-    let sim = sim(SimConfig {
-        rate_limit_per_min: 120,
-        ..fast_sim()
-    })
-    .await;
-    let settings = settings(
+    let mut app = spawn_app(
+        SimConfig {
+            rate_limit_per_min: 120,
+            ..fast_sim()
+        },
         "ratelimit",
-        &sim.base_url(),
         &[("CSW__IMPORTS__MAX_CONCURRENT", "6")],
-    );
-    let mut tap = Tap::new(&settings).await;
-    let worker = app::start(settings.clone()).await.unwrap();
+    )
+    .await;
     let mut model = RosterModel::default();
     for i in 0..30 {
         let cal = format!("cal-{}", i % 10);
         let (s, e) = (at(15, i % 20), at(15, i % 20 + 2));
-        tap.publish(&change(&format!("r{i}"), &cal, &[("a1", &s, &e)]))
+        app.tap
+            .publish(&change(&format!("r{i}"), &cal, &[("a1", &s, &e)]))
             .await;
         model.apply(&cal, &[("a1", &s, &e)]);
     }
     let ids: Vec<String> = (0..30).map(|i| format!("r{i}")).collect();
-    tap.wait_completed(&ids, Duration::from_secs(120)).await;
-    assert!(tap.events_of("schedule.import.failed").is_empty());
+    app.tap.wait_completed(&ids, Duration::from_secs(120)).await;
+    assert!(app.tap.events_of("schedule.import.failed").is_empty());
     for cal in model.calendars() {
         assert_eq!(
-            actual(&sim.shifts(&cal)),
+            actual(&app.sim.shifts(&cal)),
             model.expected(&cal),
             "roster of {cal}"
         );
     }
-    finish(worker, tap, sim).await;
+    app.finish().await;
 }
 
 /// With a webhook secret, a signed webhook completes the job: polling is set
 /// so slow here that only the webhook can finish the import in time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_completes_imports_before_polling() {
-    let sim = sim(fast_sim()).await;
-    let settings = settings(
+    let mut app = spawn_app(
+        fast_sim(),
         "webhook",
-        &sim.base_url(),
         &[
             ("CXONE_WEBHOOK_SECRET", "whsec-test"),
             ("CSW__IMPORTS__POLL_INITIAL_MS", "600000"),
             ("CSW__IMPORTS__POLL_MAX_MS", "600000"),
         ],
-    );
-    let mut tap = Tap::new(&settings).await;
-    let worker = app::start(settings.clone()).await.unwrap();
-    sim.set_webhook(
-        Some(format!("http://{}/webhooks/cxone", worker.http_addr)),
-        Some("whsec-test".into()),
     )
-    .expect("webhook settings are valid");
-    tap.publish(&change("w1", "cal-w", &[("a1", &at(15, 8), &at(15, 16))]))
-        .await;
-    tap.events_until(WAIT, |e| {
-        e.iter()
-            .any(|e| e["type"] == "wfm.schedule.import.completed")
-    })
     .await;
-    assert_eq!(sim.shifts("cal-w").len(), 1);
+    app.sim
+        .set_webhook(
+            Some(format!("http://{}/webhooks/cxone", app.worker.http_addr)),
+            Some("whsec-test".into()),
+        )
+        .expect("webhook app.settings are valid");
+    app.tap
+        .publish(&change("w1", "cal-w", &[("a1", &at(15, 8), &at(15, 16))]))
+        .await;
+    app.tap
+        .events_until(WAIT, |e| {
+            e.iter()
+                .any(|e| e["type"] == "wfm.schedule.import.completed")
+        })
+        .await;
+    assert_eq!(app.sim.shifts("cal-w").len(), 1);
 
     // Unsigned or wrongly signed webhooks are refused.
-    let url = format!("http://{}/webhooks/cxone", worker.http_addr);
+    let url = format!("http://{}/webhooks/cxone", app.worker.http_addr);
     let http = reqwest::Client::new();
     let body = r#"{"eventType":"WFM_SCHEDULE_IMPORT_COMPLETED","jobId":"x","status":"COMPLETED"}"#;
     let r = http.post(&url).body(body).send().await.unwrap();
@@ -490,17 +496,14 @@ async fn webhook_completes_imports_before_polling() {
     let reply: serde_json::Value = r.json().await.unwrap();
     assert_eq!(reply["relayed"], true);
 
-    finish(worker, tap, sim).await;
+    app.finish().await;
 }
 
 /// Without a webhook secret the route does not exist; health and readiness answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_endpoints_answer() {
-    let sim = sim(fast_sim()).await;
-    let settings = settings("http", &sim.base_url(), &[]);
-    let tap = Tap::new(&settings).await;
-    let worker = app::start(settings.clone()).await.unwrap();
-    let base = format!("http://{}", worker.http_addr);
+    let mut app = spawn_app(fast_sim(), "http", &[]).await;
+    let base = format!("http://{}", app.worker.http_addr);
     let http = reqwest::Client::new();
     assert_eq!(
         http.get(format!("{base}/healthz"))
@@ -530,18 +533,20 @@ async fn http_endpoints_answer() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
-    let mut tap = tap;
-    tap.publish(&change("m1", "cal-m", &[("a1", &at(15, 8), &at(15, 16))]))
+    app.tap
+        .publish(&change("m1", "cal-m", &[("a1", &at(15, 8), &at(15, 16))]))
         .await;
-    tap.publish_raw("cal-m", b"{", BasicProperties::default())
+    app.tap
+        .publish_raw("cal-m", b"{", BasicProperties::default())
         .await;
-    tap.events_until(WAIT, |e| {
-        e.iter()
-            .any(|e| e["type"] == "wfm.schedule.import.completed")
-            && e.iter()
-                .any(|e| e["type"] == "wfm.schedule.change.rejected")
-    })
-    .await;
+    app.tap
+        .events_until(WAIT, |e| {
+            e.iter()
+                .any(|e| e["type"] == "wfm.schedule.import.completed")
+                && e.iter()
+                    .any(|e| e["type"] == "wfm.schedule.change.rejected")
+        })
+        .await;
     let metrics = http
         .get(format!("{base}/metrics"))
         .send()
@@ -569,7 +574,7 @@ async fn http_endpoints_answer() {
     ] {
         assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
     }
-    finish(worker, tap, sim).await;
+    app.finish().await;
 }
 
 /// A webhook that reaches a replica not following the job is relayed over the
@@ -629,10 +634,7 @@ async fn webhook_for_another_replica_is_relayed_to_the_owner() {
 /// attribute), so one trace runs from the publisher to the HR listener.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traceparent_travels_from_inbound_to_cxone_and_events() {
-    let sim = sim(fast_sim()).await;
-    let settings = settings("trace", &sim.base_url(), &[]);
-    let mut tap = Tap::new(&settings).await;
-    let worker = app::start(settings.clone()).await.unwrap();
+    let mut app = spawn_app(fast_sim(), "trace", &[]).await;
     let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let mut headers = lapin::types::FieldTable::default();
     headers.insert(
@@ -642,47 +644,47 @@ async fn traceparent_travels_from_inbound_to_cxone_and_events() {
     let props = BasicProperties::default()
         .with_content_type("application/json".into())
         .with_headers(headers.clone());
-    tap.publish_raw(
-        "cal-t",
-        &change("tp1", "cal-t", &[("a1", &at(15, 8), &at(15, 16))]),
-        props.clone(),
-    )
-    .await;
-    tap.publish_raw("cal-t", b"not json", props).await;
-    tap.events_until(WAIT, |e| {
-        e.iter()
-            .any(|e| e["type"] == "wfm.schedule.import.completed")
-            && e.iter()
-                .any(|e| e["type"] == "wfm.schedule.change.rejected")
-    })
-    .await;
-    for e in &tap.seen_events {
+    app.tap
+        .publish_raw(
+            "cal-t",
+            &change("tp1", "cal-t", &[("a1", &at(15, 8), &at(15, 16))]),
+            props.clone(),
+        )
+        .await;
+    app.tap.publish_raw("cal-t", b"not json", props).await;
+    app.tap
+        .events_until(WAIT, |e| {
+            e.iter()
+                .any(|e| e["type"] == "wfm.schedule.import.completed")
+                && e.iter()
+                    .any(|e| e["type"] == "wfm.schedule.change.rejected")
+        })
+        .await;
+    for e in &app.tap.seen_events {
         assert_eq!(e["traceparent"], tp, "event {}", e["type"]);
     }
-    let headers = tap.event_headers();
+    let headers = app.tap.event_headers();
     assert!(!headers.is_empty());
     assert!(
         headers
             .iter()
             .all(|h| header(h, "traceparent").as_deref() == Some(tp))
     );
-    let seen = sim.traceparents_seen();
+    let seen = app.sim.traceparents_seen();
     assert!(!seen.is_empty() && seen.iter().all(|s| s == tp), "{seen:?}");
-    finish(worker, tap, sim).await;
+    app.finish().await;
 }
 
 /// Every validation code reaches the worker's rejection path with that code:
 /// a rejected event (first error) and a dead-letter copy with `x-error-code`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_validation_code_is_rejected_with_that_code() {
-    let sim = sim(fast_sim()).await;
-    let settings = settings(
+    let mut app = spawn_app(
+        fast_sim(),
         "codes",
-        &sim.base_url(),
         &[("CSW__LIMITS__MAX_ENTRIES_PER_CHANGE", "3")],
-    );
-    let mut tap = Tap::new(&settings).await;
-    let worker = app::start(settings.clone()).await.unwrap();
+    )
+    .await;
     let shift = |agent: &str| json!({"agentId": agent, "startDateTime": "2024-01-15T08:00:00Z", "endDateTime": "2024-01-15T16:00:00Z"});
     let with = |mut entry: serde_json::Value, key: &str, value: serde_json::Value| {
         entry[key] = value;
@@ -741,30 +743,35 @@ async fn every_validation_code_is_rejected_with_that_code() {
     ];
     for (code, mut body) in cases.clone() {
         body["changeId"] = json!(format!("code-{code}"));
-        tap.publish_raw(
-            "c",
-            &serde_json::to_vec(&body).unwrap(),
-            BasicProperties::default().with_content_type("application/json; charset=utf-8".into()),
-        )
-        .await;
+        app.tap
+            .publish_raw(
+                "c",
+                &serde_json::to_vec(&body).unwrap(),
+                BasicProperties::default()
+                    .with_content_type("application/json; charset=utf-8".into()),
+            )
+            .await;
     }
-    tap.events_until(WAIT, |e| {
-        e.iter()
-            .filter(|e| e["type"] == "wfm.schedule.change.rejected")
-            .count()
-            == cases.len()
-    })
-    .await;
+    app.tap
+        .events_until(WAIT, |e| {
+            e.iter()
+                .filter(|e| e["type"] == "wfm.schedule.change.rejected")
+                .count()
+                == cases.len()
+        })
+        .await;
     for (code, _) in &cases {
-        let event = tap
+        let event = app
+            .tap
             .events_of("schedule.change.rejected")
             .into_iter()
             .find(|e| e["data"]["changeId"] == format!("code-{code}"))
             .unwrap_or_else(|| panic!("no rejection for {code}"));
         assert_eq!(event["data"]["errors"][0]["code"], *code, "{event}");
     }
-    tap.dead_letters(cases.len(), WAIT).await;
-    let mut dead: Vec<String> = tap
+    app.tap.dead_letters(cases.len(), WAIT).await;
+    let mut dead: Vec<String> = app
+        .tap
         .seen_dead
         .iter()
         .map(|(_, h)| header(h, "x-error-code").unwrap())
@@ -774,9 +781,9 @@ async fn every_validation_code_is_rejected_with_that_code() {
     want.sort();
     assert_eq!(dead, want);
     assert_eq!(
-        sim.stats().import_requests,
+        app.sim.stats().import_requests,
         0,
         "nothing invalid reaches CXone"
     );
-    assert_eq!(finish(worker, tap, sim).await, 0);
+    assert_eq!(app.finish().await, 0);
 }

@@ -149,6 +149,40 @@ pub fn env_of(s: &Settings) -> Vec<(String, String)> {
     ]
 }
 
+/// A worker started in process for one test: its simulator, settings,
+/// tap on the broker, and the worker itself (`finish` takes them back).
+pub struct TestApp {
+    pub sim: SimServer,
+    pub settings: Settings,
+    pub tap: Tap,
+    pub worker: app::AppHandle,
+}
+
+/// Starts the simulator (`sim_cfg`, on a free port), declares the test's
+/// own topology under `prefix` with its tap, and starts the worker with
+/// the test settings plus `extra`.
+pub async fn spawn_app(sim_cfg: SimConfig, prefix: &str, extra: &[(&str, &str)]) -> TestApp {
+    let sim = sim(sim_cfg).await;
+    let settings = settings(prefix, &sim.base_url(), extra);
+    let tap = Tap::new(&settings).await;
+    let worker = app::start(settings.clone())
+        .await
+        .expect("the worker starts");
+    TestApp {
+        sim,
+        settings,
+        tap,
+        worker,
+    }
+}
+
+impl TestApp {
+    /// [`finish`] for this app.
+    pub async fn finish(self) -> u32 {
+        finish(self.worker, self.tap, self.sim).await
+    }
+}
+
 /// Stops the worker gracefully, then removes the test's topology and the
 /// simulator. Returns the messages left ready in the inbound queue once the
 /// worker stopped (unacked ones are back in the queue by then).
