@@ -53,6 +53,11 @@ fn throughput_bench_reports_every_figure() {
         v["cpuDuringDrain"]["workerSeconds"].is_number(),
         "the worker's CPU time over the drain: {v:#}"
     );
+    assert!(
+        v["cpuDuringDrain"]["benchSeconds"].is_number(),
+        "the simulator's and tap's CPU time over the drain: {v:#}"
+    );
+    assert_eq!(v["worker"]["threads"], 1, "the benchmark's default");
     assert!(number(&v, "/cxone/importRequests") >= 1.0);
     assert!(v["cxone"]["jobRequests"].is_u64());
     assert!(number(&v, "/cxone/requestsPerChange") > 0.0);

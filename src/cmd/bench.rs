@@ -239,7 +239,11 @@ async fn throughput(args: &BenchArgs, settings: Settings) -> Result<Value, Bench
             let ready = worker.wait_ready(Duration::from_secs(60)).await?;
             eprintln!("bench: worker ready after {} ms; draining", ms(ready));
             let t0 = Instant::now();
-            let cpu0 = (worker.cpu_seconds(), broker_cpu_seconds());
+            let cpu0 = (
+                worker.cpu_seconds(),
+                broker_cpu_seconds(),
+                proc_cpu_seconds(std::process::id()),
+            );
             let mut tally = Tally::default();
             env.wait_completed(&mut tally, n, "drain", args.timeout_s, &worker.log)
                 .await?;
@@ -247,7 +251,8 @@ async fn throughput(args: &BenchArgs, settings: Settings) -> Result<Value, Bench
             let cpu = json!({
                 "workerSeconds": cpu0.0.zip(worker.cpu_seconds()).map(|(a, b)| round3(b - a)),
                 "brokerSeconds": cpu0.1.zip(broker_cpu_seconds()).map(|(a, b)| round3(b - a)),
-                "how": "user + system CPU time over the drain, from /proc/<pid>/stat; the broker is the local beam.smp process, null when there is none",
+                "benchSeconds": cpu0.2.zip(proc_cpu_seconds(std::process::id())).map(|(a, b)| round3(b - a)),
+                "how": "user + system CPU time over the drain, from /proc/<pid>/stat; the broker is the local beam.smp process, null when there is none; bench is this process: the simulator and the event tap",
             });
             let drain_stats = sim.stats();
             let drain_imports = tally.imports;
