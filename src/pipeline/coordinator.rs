@@ -629,7 +629,9 @@ impl Coordinator {
         {
             metrics::counter!("csw_changes_redelivered_settled_total").increment(1);
             tracing::info!(change_id = %accepted.change.change_id, "redelivered change already imported and settled; acking it without importing again");
-            tokio::spawn(async move { super::ack_all([&accepted.msg]).await });
+            tokio::spawn(async move {
+                super::ack_all([&accepted.msg]).await;
+            });
             return;
         }
         // A repeated changeId rides along with the first one's batch.

@@ -315,20 +315,17 @@ async fn import(
         (Outcome::Failed { .. }, _) => "failed",
     };
     metrics::counter!("csw_imports_total", "outcome" => label).increment(1);
-    let acked = settled
-        .is_ok()
-        .then(|| AckedThrough::of(messages.iter().copied()));
-    match (&outcome, settled) {
+    match (&outcome, &settled) {
         (_, Err(e)) => tracing::warn!(error = %e, "batch left unacked"),
-        (Outcome::Completed { .. }, Ok(())) => {
+        (Outcome::Completed { .. }, Ok(_)) => {
             metrics::counter!("csw_changes_imported_total").increment(change_ids.len() as u64);
             tracing::info!(total_ms = timings.total_ms, "import completed");
         }
-        (Outcome::Failed { error, .. }, Ok(())) => {
+        (Outcome::Failed { error, .. }, Ok(_)) => {
             tracing::warn!(code = %error.code, message = %error.message, "import failed; changes dead-lettered")
         }
     }
-    acked
+    settled.ok()
 }
 
 fn ms(d: Duration) -> u64 {

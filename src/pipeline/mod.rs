@@ -258,7 +258,6 @@ impl PropsInterner {
     }
 }
 
-/// Acks a set of deliveries, grouped by the channel they came on.
 /// How long the acks may stand still before a calendar's next import stops
 /// waiting for them and acks its previous batch alone.
 const ACK_STALL: std::time::Duration = std::time::Duration::from_millis(100);
@@ -270,15 +269,6 @@ const ACK_STALL: std::time::Duration = std::time::Duration::from_millis(100);
 pub struct AckedThrough(Vec<(Arc<AckTracker>, u64)>);
 
 impl AckedThrough {
-    pub fn of<'a>(messages: impl IntoIterator<Item = &'a InboundMessage>) -> AckedThrough {
-        AckedThrough(
-            by_channel(messages)
-                .into_iter()
-                .map(|(tracker, tags)| (tracker, tags.into_iter().max().unwrap_or(0)))
-                .collect(),
-        )
-    }
-
     /// Whether nothing is left to ack: every channel's acks passed these
     /// tags, or the channel closed (the broker redelivers its deliveries).
     pub fn done(&self) -> bool {
@@ -323,14 +313,19 @@ fn by_channel<'a>(
     groups
 }
 
-pub async fn ack_all<'a>(messages: impl IntoIterator<Item = &'a InboundMessage>) {
+/// Acks a set of deliveries, grouped by the channel they came on; returns
+/// where they end on each channel.
+pub async fn ack_all<'a>(messages: impl IntoIterator<Item = &'a InboundMessage>) -> AckedThrough {
+    let mut through = Vec::new();
     for (tracker, tags) in by_channel(messages) {
         if let Err(e) = tracker.settle(&tags).await {
             // The channel died: the broker redelivers these, and the redelivered
             // copies settle on the new channel.
             tracing::warn!(error = %e, count = tags.len(), "could not ack deliveries of a closed channel; the broker will redeliver them");
         }
+        through.push((tracker, tags.into_iter().max().unwrap_or(0)));
     }
+    AckedThrough(through)
 }
 
 #[cfg(test)]

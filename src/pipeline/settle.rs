@@ -10,7 +10,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{InboundMessage, ack_all, events};
+use super::{AckedThrough, InboundMessage, ack_all, events};
 use crate::amqp::{AmqpError, Publisher, persistent};
 
 /// The current publisher; `None` while the broker connection is down.
@@ -115,7 +115,8 @@ impl Outbound {
         Ok(())
     }
 
-    /// Event, dead-letter copies if any, then acks. On `Err` nothing was acked.
+    /// Event, dead-letter copies if any, then acks; returns where the acked
+    /// deliveries end on each channel. On `Err` nothing was acked.
     pub async fn settle(
         &self,
         routing_key: &str,
@@ -123,13 +124,12 @@ impl Outbound {
         traceparent: Option<&str>,
         dead_letter: Option<(&str, &str)>,
         messages: &[&InboundMessage],
-    ) -> Result<(), Abandoned> {
+    ) -> Result<AckedThrough, Abandoned> {
         self.publish_event(routing_key, event, traceparent).await?;
         if let Some((code, message)) = dead_letter {
             self.dead_letter(messages, code, message).await?;
         }
-        ack_all(messages.iter().copied()).await;
-        Ok(())
+        Ok(ack_all(messages.iter().copied()).await)
     }
 }
 
