@@ -144,6 +144,22 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), AmqpError> {
+        self.send(exchange, routing_key, body, properties)
+            .await?
+            .wait()
+            .await
+    }
+
+    /// The first half of [`Publisher::publish`]: returns once the message's
+    /// frames are written, so a later publish on this channel reaches the
+    /// broker after it, without waiting for its confirm.
+    pub async fn send(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<Confirm, AmqpError> {
         if !self.is_open() {
             return Err(AmqpError::Disconnected);
         }
@@ -163,22 +179,40 @@ impl Publisher {
             .map_err(|source| AmqpError::Channel {
                 op: "basic.publish",
                 source,
-            })?
-            .await
-            .map_err(|source| AmqpError::Channel {
-                op: "waiting for a publisher confirm",
-                source,
             })?;
+        Ok(Confirm {
+            confirm,
+            exchange: exchange.to_owned(),
+            routing_key: routing_key.to_owned(),
+        })
+    }
+}
+
+/// The broker's answer to a [`Publisher::send`], still to come.
+pub struct Confirm {
+    confirm: lapin::PublisherConfirm,
+    exchange: String,
+    routing_key: String,
+}
+
+impl Confirm {
+    /// Waits for the broker's confirm: a nack, or a `mandatory` message
+    /// that came back unroutable, is an error.
+    pub async fn wait(self) -> Result<(), AmqpError> {
+        let confirm = self.confirm.await.map_err(|source| AmqpError::Channel {
+            op: "waiting for a publisher confirm",
+            source,
+        })?;
         if confirm.is_nack() {
             return Err(AmqpError::Nacked {
-                exchange: exchange.to_owned(),
-                routing_key: routing_key.to_owned(),
+                exchange: self.exchange,
+                routing_key: self.routing_key,
             });
         }
         if confirm.take_message().is_some() {
             return Err(AmqpError::Returned {
-                exchange: exchange.to_owned(),
-                routing_key: routing_key.to_owned(),
+                exchange: self.exchange,
+                routing_key: self.routing_key,
             });
         }
         Ok(())

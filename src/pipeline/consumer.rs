@@ -627,8 +627,9 @@ async fn settle_rejection(
     );
     if let Err(e) = outbound
         .settle(
+            None,
             events::REJECTED,
-            &event,
+            event,
             tp,
             Some((code.as_str(), &rejection.summary())),
             &[&msg],

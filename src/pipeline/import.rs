@@ -141,6 +141,7 @@ async fn import(
         .record(request_started.elapsed().as_secs_f64());
     let mut attempts = 0;
     let mut polling_ms = 0;
+    let mut submitted_event = None;
     let outcome = match submitted {
         Err(message) => {
             tracing::error!(%message, "import body not built");
@@ -181,14 +182,9 @@ async fn import(
                     entry_count,
                 },
             );
-            if let Err(e) = ctx
-                .outbound
-                .publish_event(events::SUBMITTED, &event, tp)
-                .await
-            {
-                tracing::warn!(error = %e, "submitted event not published; leaving the batch unacked");
-                return None;
-            }
+            // Its confirm is awaited at settlement, with the terminal
+            // event's: the job is followed meanwhile.
+            submitted_event = Some(ctx.outbound.send_event(events::SUBMITTED, event, tp).await);
             let poll_started = Instant::now();
             let end = follow(&ctx.client, &ctx.jobs, &sub.job_id, &ctx.poll, tp).await;
             polling_ms = ms(poll_started.elapsed());
@@ -276,7 +272,14 @@ async fn import(
                 },
             );
             ctx.outbound
-                .settle(events::COMPLETED, &event, tp, None, &messages)
+                .settle(
+                    submitted_event,
+                    events::COMPLETED,
+                    event,
+                    tp,
+                    None,
+                    &messages,
+                )
                 .await
         }
         Outcome::Failed { job_id, error } => {
@@ -300,8 +303,9 @@ async fn import(
             );
             ctx.outbound
                 .settle(
+                    submitted_event,
                     events::FAILED,
-                    &event,
+                    event,
                     tp,
                     Some((&error.code, &error.message)),
                     &messages,

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{AckedThrough, InboundMessage, ack_all, events};
-use crate::amqp::{AmqpError, Publisher, persistent};
+use crate::amqp::{AmqpError, Confirm, Publisher, persistent};
 
 /// The current publisher; `None` while the broker connection is down.
 pub type PublisherWatch = watch::Receiver<Option<Publisher>>;
@@ -77,20 +77,47 @@ impl Outbound {
         body: &[u8],
         traceparent: Option<&str>,
     ) -> Result<(), Abandoned> {
-        let mut props = persistent(events::CONTENT_TYPE);
-        if let Some(tp) = traceparent {
-            let mut headers = FieldTable::default();
-            headers.insert(
-                "traceparent".into(),
-                AMQPValue::LongString(LongString::from(tp)),
-            );
-            props = props.with_headers(headers);
-        }
-        self.publish(&self.events_exchange, routing_key, body, props)
-            .await?;
+        self.publish(
+            &self.events_exchange,
+            routing_key,
+            body,
+            event_properties(traceparent),
+        )
+        .await?;
         metrics::counter!("csw_events_published_total", "type" => routing_key.to_owned())
             .increment(1);
         Ok(())
+    }
+
+    /// Sends an event without waiting for its confirm: a later event on the
+    /// publisher channel reaches the broker after it, and
+    /// [`SentEvent::confirmed`] waits for the broker to take it. With the
+    /// connection down it is not sent yet; `confirmed` then publishes it,
+    /// waiting for the broker like [`Outbound::publish_event`].
+    pub async fn send_event(
+        &self,
+        routing_key: &'static str,
+        body: Vec<u8>,
+        traceparent: Option<&str>,
+    ) -> SentEvent {
+        let properties = event_properties(traceparent);
+        let current = self.publisher.borrow().clone();
+        let confirm = match current.filter(Publisher::is_open) {
+            Some(p) => p
+                .send(&self.events_exchange, routing_key, &body, properties.clone())
+                .await
+                .inspect_err(|e| {
+                    tracing::debug!(error = %e, routing_key, "event not sent yet; it is published before the batch is acked")
+                })
+                .ok(),
+            None => None,
+        };
+        SentEvent {
+            routing_key,
+            body,
+            properties,
+            confirm,
+        }
     }
 
     /// Copies each message, body and properties as received, to the
@@ -117,20 +144,94 @@ impl Outbound {
 
     /// Event, dead-letter copies if any, then acks; returns where the acked
     /// deliveries end on each channel. On `Err` nothing was acked.
+    ///
+    /// `earlier` is an event of the same batch sent before this one (the
+    /// import's `submitted`): it reaches the broker first, and its confirm is
+    /// awaited with this event's, before anything is acked. Waiting for the
+    /// two confirms together rather than one after the other takes a broker
+    /// round trip (a quorum queue's log sync) off every import.
     pub async fn settle(
         &self,
-        routing_key: &str,
-        event: &[u8],
+        earlier: Option<SentEvent>,
+        routing_key: &'static str,
+        event: Vec<u8>,
         traceparent: Option<&str>,
         dead_letter: Option<(&str, &str)>,
         messages: &[&InboundMessage],
     ) -> Result<AckedThrough, Abandoned> {
-        self.publish_event(routing_key, event, traceparent).await?;
+        // An earlier event that could not be sent yet is published first, so
+        // listeners still see the batch's events in order.
+        let earlier = match earlier {
+            Some(e) if e.confirm.is_none() => {
+                e.confirmed(self).await?;
+                None
+            }
+            e => e,
+        };
+        let this = self.send_event(routing_key, event, traceparent).await;
+        if let Some(e) = earlier {
+            e.confirmed(self).await?;
+        }
+        this.confirmed(self).await?;
         if let Some((code, message)) = dead_letter {
             self.dead_letter(messages, code, message).await?;
         }
         Ok(ack_all(messages.iter().copied()).await)
     }
+}
+
+/// An event sent by [`Outbound::send_event`], its confirm still to come.
+pub struct SentEvent {
+    routing_key: &'static str,
+    body: Vec<u8>,
+    properties: lapin::BasicProperties,
+    /// `None` when it could not be sent (the connection was down).
+    confirm: Option<Confirm>,
+}
+
+impl SentEvent {
+    /// Waits until the broker has taken the event. A nack or a return
+    /// abandons it; a connection lost before the confirm means publishing it
+    /// again, waiting through the outage like [`Outbound::publish_event`]
+    /// (listeners drop the duplicate by its id).
+    pub async fn confirmed(self, outbound: &Outbound) -> Result<(), Abandoned> {
+        if let Some(confirm) = self.confirm {
+            match confirm.wait().await {
+                Ok(()) => {
+                    metrics::counter!("csw_events_published_total", "type" => self.routing_key)
+                        .increment(1);
+                    return Ok(());
+                }
+                Err(e) if !e.is_transient() => return Err(e.into()),
+                Err(e) => {
+                    tracing::warn!(error = %e, routing_key = self.routing_key, "event not confirmed; publishing it again once the broker connection is back");
+                }
+            }
+        }
+        outbound
+            .publish(
+                &outbound.events_exchange,
+                self.routing_key,
+                &self.body,
+                self.properties,
+            )
+            .await?;
+        metrics::counter!("csw_events_published_total", "type" => self.routing_key).increment(1);
+        Ok(())
+    }
+}
+
+fn event_properties(traceparent: Option<&str>) -> lapin::BasicProperties {
+    let mut props = persistent(events::CONTENT_TYPE);
+    if let Some(tp) = traceparent {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "traceparent".into(),
+            AMQPValue::LongString(LongString::from(tp)),
+        );
+        props = props.with_headers(headers);
+    }
+    props
 }
 
 /// Bytes a dead-letter copy's header table may take. The broker refuses a
