@@ -47,6 +47,14 @@ fn throughput_bench_reports_every_figure() {
     assert!(number(&v, "/raw/perSecond") > 0.0);
     assert!(number(&v, "/worker/perSecond") > 0.0);
     assert!(number(&v, "/ratio") > 0.0);
+    // Both drains are timed from their first delivery; the consumer's start
+    // is reported beside them.
+    assert!(number(&v, "/raw/firstDeliveryMs") >= 0.0);
+    assert!(number(&v, "/worker/firstDeliveryMs") >= 0.0);
+    assert!(number(&v, "/worker/perSecondFromReady") > 0.0);
+    assert!(number(&v, "/worker/perSecondFromReady") <= number(&v, "/worker/perSecond"));
+    assert!(v["raw"]["walRolledBeforePrefill"].is_boolean(), "{v:#}");
+    assert!(v["worker"]["walRolledBeforePrefill"].is_boolean(), "{v:#}");
     assert!(number(&v, "/rss/peakMbDuringDrain") > 0.0);
     assert!(v["rss"]["how"].as_str().unwrap().contains("VmHWM"));
     assert!(
