@@ -38,7 +38,13 @@ async fn roster_across_many_calendars_matches_auto_resolve() {
             .map(|(a, s, e)| (a.as_str(), s.as_str(), e.as_str()))
             .collect();
         let id = format!("chg-{i}");
-        app.tap.publish(&change(&id, &cal, &refs)).await;
+        // Both shapes: entries the worker parses again, and entries it copies.
+        let body = if i % 2 == 0 {
+            change(&id, &cal, &refs)
+        } else {
+            change_in_order(&id, &cal, &refs)
+        };
+        app.tap.publish(&body).await;
         model.apply(&cal, &refs);
         ids.push(id);
     }

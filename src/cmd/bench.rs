@@ -104,6 +104,11 @@ pub struct BenchArgs {
     /// the broker about half as much again, whether raw or worker.
     #[arg(long)]
     pub no_wal_roll: bool,
+    /// Write the changes' fields in sorted order (as a `serde_json::Value`
+    /// does) instead of the contract's: the worker then parses each body
+    /// again to build its import, instead of copying the entries' bytes.
+    #[arg(long)]
+    pub sorted_keys: bool,
     /// Give up on a phase after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout_s: u64,
@@ -211,6 +216,7 @@ async fn throughput(args: &BenchArgs, settings: Settings) -> Result<Value, Bench
 
     let mut env = Env::open(settings, "throughput").await?;
     env.roll_wal = !args.no_wal_roll;
+    env.sorted_keys = args.sorted_keys;
     let result = async {
         let raw = if args.skip_raw {
             None
@@ -227,7 +233,7 @@ async fn throughput(args: &BenchArgs, settings: Settings) -> Result<Value, Bench
         .await
         .map_err(BenchError::Sim)?;
         eprintln!("bench: worker drain: pre-filling {n} changes over {calendars} calendars");
-        let bodies = changes("d", n, calendars, order);
+        let bodies = changes("d", n, calendars, order, env.sorted_keys);
         let wal_rolled = env.before_prefill().await;
         env.prefill_changes(&bodies).await?;
         drop(bodies);
@@ -323,6 +329,7 @@ async fn throughput(args: &BenchArgs, settings: Settings) -> Result<Value, Bench
             "changes": n,
             "calendars": calendars,
             "publishOrder": order_name(order),
+            "sortedKeys": env.sorted_keys,
             "raw": raw.as_ref().map(|r| json!({
                 "messages": n,
                 "messageBytes": RAW_MESSAGE_BYTES,
@@ -412,7 +419,7 @@ async fn api_bound(args: &BenchArgs, settings: Settings) -> Result<Value, BenchE
         .await
         .map_err(BenchError::Sim)?;
         eprintln!("bench: api-bound: pre-filling {n} changes over {calendars} calendars");
-        let bodies = changes("a", n, calendars, order);
+        let bodies = changes("a", n, calendars, order, args.sorted_keys);
         env.prefill_changes(&bodies).await?;
         drop(bodies);
         wait_broker_quiet("worker drain").await;
@@ -587,6 +594,8 @@ struct Env {
     events: mpsc::UnboundedReceiver<Seen>,
     /// Roll the local broker's log over before each pre-fill (`--no-wal-roll`).
     roll_wal: bool,
+    /// `--sorted-keys`.
+    sorted_keys: bool,
 }
 
 /// What the tap saw in one event.
@@ -633,6 +642,7 @@ impl Env {
         tokio::spawn(tap_loop(consumer, tx));
         Ok(Env {
             roll_wal: false,
+            sorted_keys: false,
             raw_queue: format!("{prefix}.raw"),
             settings,
             prefix,
@@ -800,7 +810,7 @@ impl Env {
         timeout_s: u64,
         log: &std::path::Path,
     ) -> Result<Latency, BenchError> {
-        let bodies = changes("l", n, calendars, Order::Interleaved);
+        let bodies = changes("l", n, calendars, Order::Interleaved, self.sorted_keys);
         let index: HashMap<String, usize> = bodies
             .iter()
             .enumerate()
@@ -1181,7 +1191,13 @@ impl Drop for Worker {
 /// `n` valid changes of one entry each: (changeId, calendarId, body). Change
 /// k of a calendar is agent k mod 50, on day k / 50, 08:00–16:00 UTC, so no
 /// two of a calendar overlap and batches fill up to `batch.max_entries`.
-fn changes(tag: &str, n: usize, calendars: usize, order: Order) -> Vec<(String, String, Vec<u8>)> {
+fn changes(
+    tag: &str,
+    n: usize,
+    calendars: usize,
+    order: Order,
+    sorted_keys: bool,
+) -> Vec<(String, String, Vec<u8>)> {
     let run = rand::random::<u32>();
     let per_cal = n.div_ceil(calendars);
     (0..n)
@@ -1194,22 +1210,45 @@ fn changes(tag: &str, n: usize, calendars: usize, order: Order) -> Vec<(String, 
             let calendar = format!("bench-cal-{cal:03}");
             let day = chrono::NaiveDate::from_ymd_opt(2024, 1, 1).expect("a date")
                 + chrono::Days::new((k / 50) as u64);
-            let body = json!({
-                "schemaVersion": 1,
-                "changeId": id,
-                "calendarId": calendar,
-                "occurredAt": "2024-01-01T00:00:00Z",
-                "source": "bench",
-                "entries": [{
-                    "agentId": format!("agent-{:03}", k % 50),
-                    "startDateTime": format!("{day}T08:00:00Z"),
-                    "endDateTime": format!("{day}T16:00:00Z"),
-                    "breaks": [{"startOffsetMinutes": 240, "durationMinutes": 30}],
+            // Fields in the contract's order, compact, as a publisher
+            // serialising its own types writes them (not sorted, as a
+            // `serde_json::Value` would).
+            let body = BenchChange {
+                schema_version: 1,
+                change_id: &id,
+                calendar_id: &calendar,
+                occurred_at: "2024-01-01T00:00:00Z",
+                source: "bench",
+                entries: [crate::domain::ScheduleEntry {
+                    agent_id: format!("agent-{:03}", k % 50),
+                    start_date_time: format!("{day}T08:00:00Z"),
+                    end_date_time: format!("{day}T16:00:00Z"),
+                    breaks: vec![crate::domain::Break {
+                        start_offset_minutes: 240,
+                        duration_minutes: 30,
+                    }],
+                    availability_overrides: Vec::new(),
                 }],
-            });
-            (id, calendar, serde_json::to_vec(&body).expect("JSON"))
+            };
+            let body = if sorted_keys {
+                serde_json::to_vec(&serde_json::to_value(&body).expect("JSON")).expect("JSON")
+            } else {
+                serde_json::to_vec(&body).expect("JSON")
+            };
+            (id, calendar, body)
         })
         .collect()
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BenchChange<'a> {
+    schema_version: u32,
+    change_id: &'a str,
+    calendar_id: &'a str,
+    occurred_at: &'a str,
+    source: &'a str,
+    entries: [crate::domain::ScheduleEntry; 1],
 }
 
 fn change_props(id: &str) -> BasicProperties {
@@ -1468,7 +1507,7 @@ mod tests {
 
     #[test]
     fn changes_never_overlap_within_a_calendar() {
-        let c = changes("t", 1000, 10, Order::Interleaved);
+        let c = changes("t", 1000, 10, Order::Interleaved, false);
         let mut seen = std::collections::HashSet::new();
         for (_, cal, body) in &c {
             let v: Value = serde_json::from_slice(body).unwrap();

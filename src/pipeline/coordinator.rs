@@ -175,6 +175,11 @@ pub struct Held {
     pub capacity_minutes: u32,
     /// Validation time in microseconds (saturating).
     pub validation_us: u32,
+    /// Where the body holds the change's entries exactly as the import
+    /// serialises them, comma-joined (compact JSON, fields in order, as most
+    /// publishers write it): the import copies those bytes instead of
+    /// parsing the body again. `None`: the import parses it again.
+    entries_at: Option<(u32, u32)>,
     pub msg: InboundMessage,
 }
 
@@ -212,6 +217,72 @@ fn append_entries(body: &mut Vec<u8>, entries: &[ScheduleEntry]) {
     }
 }
 
+/// Where `body` holds `entries` byte for byte as [`append_entries`] writes
+/// them (comma-joined, without the comma before the first): then copying
+/// those bytes ([`append_span`]) builds the same import body as serialising
+/// the entries. `scratch` is reused for the serialised form.
+fn entries_span(
+    body: &[u8],
+    entries: &[ScheduleEntry],
+    scratch: &mut Vec<u8>,
+) -> Option<(u32, u32)> {
+    scratch.clear();
+    for (i, entry) in entries.iter().enumerate() {
+        if i > 0 {
+            scratch.push(b',');
+        }
+        serde_json::to_writer(&mut *scratch, entry).expect("a schedule entry serialises");
+    }
+    let at = memchr::memmem::find(body, scratch)?;
+    Some((u32::try_from(at).ok()?, u32::try_from(scratch.len()).ok()?))
+}
+
+/// Finds changes' entries in their bodies ([`entries_span`]), and stops
+/// looking, but for one change in [`EntryCopier::RETRY_EVERY`], once
+/// [`EntryCopier::GIVE_UP_AFTER`] in a row were not there: a publisher
+/// whose bodies never hold them so (sorted keys, say) would otherwise pay
+/// for a serialisation and a search per change and gain nothing.
+#[derive(Default)]
+struct EntryCopier {
+    scratch: Vec<u8>,
+    misses: u32,
+    skipped: u32,
+}
+
+impl EntryCopier {
+    const GIVE_UP_AFTER: u32 = 32;
+    const RETRY_EVERY: u32 = 256;
+
+    fn span(&mut self, body: &[u8], entries: &[ScheduleEntry]) -> Option<(u32, u32)> {
+        if self.misses >= Self::GIVE_UP_AFTER {
+            self.skipped += 1;
+            if self.skipped < Self::RETRY_EVERY {
+                return None;
+            }
+            self.skipped = 0;
+        }
+        let span = entries_span(body, entries, &mut self.scratch);
+        self.misses = if span.is_some() {
+            0
+        } else {
+            self.misses.saturating_add(1)
+        };
+        span
+    }
+}
+
+/// Appends the entries `span` of `source` marks, as [`append_entries`] would.
+fn append_span(body: &mut Vec<u8>, source: &[u8], (at, len): (u32, u32)) {
+    if len == 0 {
+        return;
+    }
+    if body.len() > BODY_HEAD.len() {
+        body.push(b',');
+    }
+    let at = at as usize;
+    body.extend_from_slice(&source[at..at + len as usize]);
+}
+
 fn finish_body(
     mut body: Vec<u8>,
     mode: ValidationMode,
@@ -247,7 +318,7 @@ impl Batch {
         self.rules.accepts(change, max_entries)
     }
 
-    fn push(&mut self, accepted: Accepted) {
+    fn push(&mut self, accepted: Accepted, copier: &mut EntryCopier) {
         let Accepted {
             mut change,
             msg,
@@ -255,9 +326,11 @@ impl Batch {
         } = accepted;
         self.rules.add(&mut change);
         self.entry_count = self.rules.entry_count();
+        let entries_at = copier.span(msg.body(), &change.entries);
         self.changes.push(Held {
             capacity_minutes: u32::try_from(change.capacity_minutes).unwrap_or(u32::MAX),
             validation_us: u32::try_from(validation.as_micros()).unwrap_or(u32::MAX),
+            entries_at,
             msg,
         });
     }
@@ -268,13 +341,20 @@ impl Batch {
     /// A held change keeps only its delivery: the body must stay for a
     /// dead-letter copy anyway, and keeping its serialised entries as well
     /// was, at a full window of one-entry changes, a sixth of the worker's
-    /// heap. So the bodies are parsed again here, as the consumer parsed
-    /// them (same settings, same result). An error means exactly that
-    /// broke, and fails the batch rather than sending something else.
+    /// heap. Where the body already holds them byte for byte as they
+    /// serialise ([`Held`]'s `entries_at`, checked when the change joined
+    /// the batch), those bytes are copied. Otherwise the body is parsed
+    /// again here, as the consumer parsed it (same settings, same result);
+    /// an error means exactly that broke, and fails the batch rather than
+    /// sending something else.
     pub fn import_body(&self, parse: &ParseSettings) -> Result<Vec<u8>, String> {
         let mut body = Vec::with_capacity(BODY_HEAD.len() + 192 * self.entry_count + 128);
         body.extend_from_slice(BODY_HEAD);
         for held in &self.changes {
+            if let Some(span) = held.entries_at {
+                append_span(&mut body, held.msg.body(), span);
+                continue;
+            }
             let change = crate::domain::parse_change(
                 held.msg.body(),
                 &held.msg.meta(),
@@ -409,6 +489,8 @@ pub struct Coordinator {
     closed: [metrics::Counter; 5],
     /// `csw_changes_joined_waiting_total`.
     late_joins: metrics::Counter,
+    /// Finds a joining change's entries in its body ([`Held`]).
+    copier: EntryCopier,
 }
 
 /// Calendars whose last batch's acks may still be out, past which those
@@ -511,6 +593,7 @@ impl Coordinator {
             closed: Trigger::ALL
                 .map(|t| metrics::counter!("csw_batches_closed_total", "trigger" => t.as_str())),
             late_joins: metrics::counter!("csw_changes_joined_waiting_total"),
+            copier: EntryCopier::default(),
         }
     }
 
@@ -675,7 +758,7 @@ impl Coordinator {
             && waiting.accepts(&accepted.change, max)
         {
             self.owners.insert(key, waiting.shared.clone());
-            waiting.push(accepted);
+            waiting.push(accepted, &mut self.copier);
             self.late_joins.increment(1);
             return;
         }
@@ -706,7 +789,7 @@ impl Coordinator {
         }
         let open = cal.open.as_mut().expect("just ensured");
         self.owners.insert(key, open.shared.clone());
-        open.push(accepted);
+        open.push(accepted, &mut self.copier);
         if open.entry_count >= max {
             self.closed[Trigger::Full as usize].increment(1);
             cal.closed.push_back(cal.open.take().expect("present"));
@@ -857,5 +940,96 @@ mod tests {
             String::from_utf8(body).unwrap(),
             String::from_utf8(serde_json::to_vec(&payload).unwrap()).unwrap()
         );
+    }
+
+    /// Entries copied from a body build the same import body as entries
+    /// serialised, and are copied only when the body holds them exactly so.
+    #[test]
+    fn entries_are_copied_from_bodies_that_hold_them_as_serialised() {
+        let limits = crate::config::Limits::default();
+        let meta = crate::domain::MessageMeta::default();
+        let parse = |body: &str| {
+            crate::domain::parse_change(body.as_bytes(), &meta, &limits, ValidationMode::Strict)
+                .unwrap_or_else(|r| panic!("{body}: {}", r.summary()))
+        };
+        let e1 = r#"{"agentId":"a","startDateTime":"2024-01-15T08:00:00Z","endDateTime":"2024-01-15T16:00:00Z","breaks":[{"startOffsetMinutes":240,"durationMinutes":30}]}"#;
+        let e2 = r#"{"agentId":"b\u00e9","startDateTime":"2024-01-15T08:00:00+01:00","endDateTime":"2024-01-15T09:00:00+01:00","availabilityOverrides":[{"type":"UNAVAILABLE","reason":"TRAINING","start":"2024-01-15T08:00:00+01:00","end":"2024-01-15T08:30:00+01:00"}]}"#;
+        let wrap = |entries: &str| {
+            format!(r#"{{"changeId":"c","calendarId":"cal","entries":[{entries}]}}"#)
+        };
+        // (body, entries copied?)
+        let cases = [
+            (wrap(e1), true),
+            // The escaped name serialises as "bé": parsed again.
+            (wrap(&format!("{e1},{e2}")), false),
+            (
+                wrap(&format!("{e1},{}", e2.replace("b\\u00e9", "b\u{e9}"))),
+                true,
+            ),
+            // Keys sorted (as a serde_json::Value writes them), spaces, an
+            // unknown field, an empty list: parsed again.
+            (
+                wrap(
+                    r#"{"agentId":"a","endDateTime":"2024-01-15T16:00:00Z","startDateTime":"2024-01-15T08:00:00Z"}"#,
+                ),
+                false,
+            ),
+            (
+                wrap(
+                    r#"{"agentId": "a", "startDateTime": "2024-01-15T08:00:00Z", "endDateTime": "2024-01-15T16:00:00Z"}"#,
+                ),
+                false,
+            ),
+            (
+                wrap(
+                    r#"{"agentId":"a","startDateTime":"2024-01-15T08:00:00Z","endDateTime":"2024-01-15T16:00:00Z","note":"x"}"#,
+                ),
+                false,
+            ),
+            (
+                wrap(
+                    r#"{"agentId":"a","startDateTime":"2024-01-15T08:00:00Z","endDateTime":"2024-01-15T16:00:00Z","breaks":[]}"#,
+                ),
+                false,
+            ),
+        ];
+        let mut scratch = Vec::new();
+        let (mut copied, mut serialised) = (BODY_HEAD.to_vec(), BODY_HEAD.to_vec());
+        for (body, expect_copy) in &cases {
+            let change = parse(body);
+            let span = entries_span(body.as_bytes(), &change.entries, &mut scratch);
+            assert_eq!(span.is_some(), *expect_copy, "{body}");
+            match span {
+                Some(span) => append_span(&mut copied, body.as_bytes(), span),
+                None => append_entries(&mut copied, &change.entries),
+            }
+            append_entries(&mut serialised, &change.entries);
+        }
+        assert_eq!(
+            String::from_utf8(copied).unwrap(),
+            String::from_utf8(serialised).unwrap()
+        );
+    }
+
+    #[test]
+    fn the_copier_stops_looking_where_entries_are_never_found_and_tries_again_now_and_then() {
+        let entries = vec![entry("a", false)];
+        let found = format!(
+            r#"{{"entries":[{}]}}"#,
+            String::from_utf8(serde_json::to_vec(&entries[0]).unwrap()).unwrap()
+        );
+        let mut c = EntryCopier::default();
+        for _ in 0..EntryCopier::GIVE_UP_AFTER {
+            assert!(c.span(b"{}", &entries).is_none());
+        }
+        // Given up: even a body that holds them is not searched...
+        for _ in 1..EntryCopier::RETRY_EVERY {
+            assert!(c.span(found.as_bytes(), &entries).is_none());
+        }
+        // ...but for one in RETRY_EVERY, and a find starts over.
+        assert!(c.span(found.as_bytes(), &entries).is_some());
+        assert!(c.span(found.as_bytes(), &entries).is_some());
+        assert!(c.span(b"{}", &entries).is_none());
+        assert!(c.span(found.as_bytes(), &entries).is_some());
     }
 }

@@ -473,6 +473,31 @@ pub fn change(change_id: &str, calendar: &str, entries: &[(&str, &str, &str)]) -
     .unwrap()
 }
 
+/// The same change written compactly with the entry fields in the
+/// contract's order, as a publisher serialising its own types writes it
+/// (`change` sorts them): the worker copies such entries into the import
+/// instead of parsing the body again.
+pub fn change_in_order(change_id: &str, calendar: &str, entries: &[(&str, &str, &str)]) -> Vec<u8> {
+    let entries: Vec<String> = entries
+        .iter()
+        .map(|(a, s, e)| {
+            format!(
+                r#"{{"agentId":{},"startDateTime":{},"endDateTime":{}}}"#,
+                json!(a),
+                json!(s),
+                json!(e)
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"schemaVersion":1,"changeId":{},"calendarId":{},"occurredAt":"2024-01-14T09:00:00Z","entries":[{}]}}"#,
+        json!(change_id),
+        json!(calendar),
+        entries.join(",")
+    )
+    .into_bytes()
+}
+
 /// The roster AUTO_RESOLVE yields, computed independently of the simulator:
 /// per calendar, entry by entry in publish order, the agent's overlapping
 /// shifts are removed, then the entry is stored.
