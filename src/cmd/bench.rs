@@ -268,13 +268,19 @@ async fn throughput(args: &BenchArgs, settings: Settings) -> Result<Value, Bench
             env.wait_completed(&mut tally, n, "drain", args.timeout_s, &worker.log)
                 .await?;
             let end = tally.last_at.unwrap_or_else(Instant::now);
-            let first_out = first_out.await.ok().flatten().unwrap_or(t0);
-            let drain = (end - first_out, end - t0, first_out - t0);
+            // Without a first delivery seen (the worker's metrics did not
+            // answer), the drain is timed from readiness and says so.
+            let first_out = first_out.await.ok().flatten();
+            let drain = (
+                end - first_out.unwrap_or(t0),
+                end - t0,
+                first_out.map(|f| f - t0),
+            );
             let cpu = json!({
                 "workerSeconds": cpu0.0.zip(worker.cpu_seconds()).map(|(a, b)| round3(b - a)),
                 "brokerSeconds": cpu0.1.zip(broker_cpu_seconds()).map(|(a, b)| round3(b - a)),
                 "benchSeconds": cpu0.2.zip(proc_cpu_seconds(std::process::id())).map(|(a, b)| round3(b - a)),
-                "how": "user + system CPU time over the drain, from /proc/<pid>/stat; the broker is the local beam.smp process, null when there is none; bench is this process: the simulator and the event tap",
+                "how": "user + system CPU time from /readyz to the last completion event, from /proc/<pid>/stat; the broker is the local beam.smp process, null when there is none; bench is this process: the simulator and the event tap",
             });
             let drain_stats = sim.stats();
             let drain_imports = tally.imports;
@@ -346,11 +352,11 @@ async fn throughput(args: &BenchArgs, settings: Settings) -> Result<Value, Bench
                 "startupMs": ms(ready),
                 "seconds": round3(drain.as_secs_f64()),
                 "perSecond": worker_rate.round(),
-                "firstDeliveryMs": ms(first_out),
+                "firstDeliveryMs": first_out.map(ms),
                 "secondsFromReady": round3(from_ready.as_secs_f64()),
                 "perSecondFromReady": (n as f64 / from_ready.as_secs_f64()).round(),
                 "walRolledBeforePrefill": wal_rolled,
-                "how": "from the worker's first delivery to the last completion event; firstOutMs is from the worker's readiness (its consumer starting) to its first delivery, the FromReady figures include it",
+                "how": "from the worker's first delivery to the last completion event (from /readyz when firstDeliveryMs is null); firstDeliveryMs is from the worker's readiness (its consumer starting) to its first delivery, the FromReady figures include it",
                 "imports": imports,
                 "prefetch": prefetch,
                 "maxConcurrent": max_concurrent,

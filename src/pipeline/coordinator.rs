@@ -176,8 +176,9 @@ pub struct Held {
     /// Validation time in microseconds (saturating).
     pub validation_us: u32,
     /// Where the body holds the change's entries exactly as the import
-    /// serialises them, comma-joined (compact JSON, fields in order, as most
-    /// publishers write it): the import copies those bytes instead of
+    /// serialises them, comma-joined (compact JSON, fields in the contract's
+    /// order, as a publisher serialising its own types writes it): the
+    /// import copies those bytes instead of
     /// parsing the body again. `None`: the import parses it again.
     entries_at: Option<(u32, u32)>,
     pub msg: InboundMessage,
