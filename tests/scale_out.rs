@@ -14,6 +14,22 @@ use cxone_schedule_worker::{cmd::publish::publish_all, sim::SimConfig};
 use indicatif::ProgressBar;
 use lapin::options::ConfirmSelectOptions;
 
+/// The replica processes; any still running when the test ends, a failed
+/// assertion included, is killed, so none is left consuming from the
+/// broker.
+struct Replicas(Vec<Child>);
+
+impl Drop for Replicas {
+    fn drop(&mut self) {
+        for r in &mut self.0 {
+            if matches!(r.try_wait(), Ok(None)) {
+                let _ = r.kill();
+                let _ = r.wait();
+            }
+        }
+    }
+}
+
 fn spawn_replica(env: &[(String, String)], id: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_cxone-schedule-worker"))
         .arg("run")
@@ -45,7 +61,7 @@ async fn three_replicas_share_twelve_partitions_and_survive_a_kill() {
     let ids: Vec<String> = (0..3)
         .map(|i| format!("{}-r{i}", settings.worker.instance_id))
         .collect();
-    let mut replicas: Vec<Child> = ids.iter().map(|id| spawn_replica(&env, id)).collect();
+    let mut replicas = Replicas(ids.iter().map(|id| spawn_replica(&env, id)).collect());
 
     // 10,000 changes over 200 calendars, overlapping within calendars.
     let mut model = RosterModel::default();
@@ -91,8 +107,8 @@ async fn three_replicas_share_twelve_partitions_and_survive_a_kill() {
             >= 2_500
     })
     .await;
-    replicas[0].kill().unwrap();
-    replicas[0].wait().unwrap();
+    replicas.0[0].kill().unwrap();
+    replicas.0[0].wait().unwrap();
     publish_all(
         &ch,
         &settings.amqp.inbound_exchange,
@@ -135,7 +151,7 @@ async fn three_replicas_share_twelve_partitions_and_survive_a_kill() {
         );
     }
 
-    for r in &mut replicas[1..] {
+    for r in &mut replicas.0[1..] {
         let _ = Command::new("kill")
             .args(["-TERM", &r.id().to_string()])
             .status();
