@@ -293,6 +293,15 @@ impl State {
     }
 }
 
+/// Moves a front forward (never back), waking its waiters when it moved.
+fn advance(front: &tokio::sync::watch::Sender<u64>, to: u64) {
+    front.send_if_modified(|f| {
+        let moved = *f < to;
+        *f = (*f).max(to);
+        moved
+    });
+}
+
 impl AckTracker {
     pub fn new(channel: Channel) -> AckTracker {
         AckTracker {
@@ -453,19 +462,11 @@ impl AckTracker {
     }
 
     fn note_settled_front(&self, front: u64) {
-        self.settled_front.send_if_modified(|f| {
-            let moved = *f < front;
-            *f = (*f).max(front);
-            moved
-        });
+        advance(&self.settled_front, front);
     }
 
     fn note_sent_front(&self, front: u64) {
-        self.sent_front.send_if_modified(|f| {
-            let moved = *f < front;
-            *f = (*f).max(front);
-            moved
-        });
+        advance(&self.sent_front, front);
     }
 
     async fn ack(&self, tag: u64, multiple: bool) -> Result<(), AmqpError> {

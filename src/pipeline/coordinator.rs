@@ -219,23 +219,21 @@ fn append_entries(body: &mut Vec<u8>, entries: &[ScheduleEntry]) {
 }
 
 /// Where `body` holds `entries` byte for byte as [`append_entries`] writes
-/// them (comma-joined, without the comma before the first): then copying
-/// those bytes ([`append_span`]) builds the same import body as serialising
-/// the entries. `scratch` is reused for the serialised form.
+/// them as a body's first entries (comma-joined): then copying those bytes
+/// ([`append_span`]) builds the same import body as serialising the
+/// entries. `scratch` is reused; the serialised form is `append_entries`'s
+/// own output, so the two cannot drift apart.
 fn entries_span(
     body: &[u8],
     entries: &[ScheduleEntry],
     scratch: &mut Vec<u8>,
 ) -> Option<(u32, u32)> {
     scratch.clear();
-    for (i, entry) in entries.iter().enumerate() {
-        if i > 0 {
-            scratch.push(b',');
-        }
-        serde_json::to_writer(&mut *scratch, entry).expect("a schedule entry serialises");
-    }
-    let at = memchr::memmem::find(body, scratch)?;
-    Some((u32::try_from(at).ok()?, u32::try_from(scratch.len()).ok()?))
+    scratch.extend_from_slice(BODY_HEAD);
+    append_entries(scratch, entries);
+    let needle = &scratch[BODY_HEAD.len()..];
+    let at = memchr::memmem::find(body, needle)?;
+    Some((u32::try_from(at).ok()?, u32::try_from(needle.len()).ok()?))
 }
 
 /// Finds changes' entries in their bodies ([`entries_span`]), and stops

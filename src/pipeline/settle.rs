@@ -195,27 +195,27 @@ impl SentEvent {
     /// again, waiting through the outage like [`Outbound::publish_event`]
     /// (listeners drop the duplicate by its id).
     pub async fn confirmed(self, outbound: &Outbound) -> Result<(), Abandoned> {
-        if let Some(confirm) = self.confirm {
-            match confirm.wait().await {
-                Ok(()) => {
-                    metrics::counter!("csw_events_published_total", "type" => self.routing_key)
-                        .increment(1);
-                    return Ok(());
-                }
+        let taken = match self.confirm {
+            Some(confirm) => match confirm.wait().await {
+                Ok(()) => true,
                 Err(e) if !e.is_transient() => return Err(e.into()),
                 Err(e) => {
                     tracing::warn!(error = %e, routing_key = self.routing_key, "event not confirmed; publishing it again once the broker connection is back");
+                    false
                 }
-            }
+            },
+            None => false,
+        };
+        if !taken {
+            outbound
+                .publish(
+                    &outbound.events_exchange,
+                    self.routing_key,
+                    &self.body,
+                    self.properties,
+                )
+                .await?;
         }
-        outbound
-            .publish(
-                &outbound.events_exchange,
-                self.routing_key,
-                &self.body,
-                self.properties,
-            )
-            .await?;
         metrics::counter!("csw_events_published_total", "type" => self.routing_key).increment(1);
         Ok(())
     }
