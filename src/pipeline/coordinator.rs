@@ -31,6 +31,12 @@ use tokio_util::sync::CancellationToken;
 use super::{AckedThrough, InboundMessage};
 use crate::domain::{ConflictResolution, ScheduleEntry, ValidChange, ValidationMode};
 
+/// Maps keyed by calendar or agent id, looked up for every change: foldhash
+/// is several times quicker than the standard SipHash on short strings, and
+/// still seeded per process.
+type StrMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
+type StrSet = HashSet<String, foldhash::fast::RandomState>;
+
 /// A valid change and its delivery.
 pub struct Accepted {
     pub change: ValidChange,
@@ -106,7 +112,7 @@ pub struct BatchRules {
     conflict_resolution: ConflictResolution,
     entry_count: usize,
     /// agent → start → end, disjoint by construction.
-    intervals: HashMap<String, BTreeMap<i64, i64>>,
+    intervals: StrMap<BTreeMap<i64, i64>>,
 }
 
 impl BatchRules {
@@ -116,7 +122,7 @@ impl BatchRules {
             validation_mode: first.validation_mode,
             conflict_resolution: first.conflict_resolution,
             entry_count: 0,
-            intervals: HashMap::new(),
+            intervals: StrMap::default(),
         }
     }
 
@@ -232,7 +238,7 @@ fn entries_span(
     scratch.extend_from_slice(BODY_HEAD);
     append_entries(scratch, entries);
     let needle = &scratch[BODY_HEAD.len()..];
-    let at = memchr::memmem::find(body, needle)?;
+    let at = super::find(body, needle)?;
     Some((u32::try_from(at).ok()?, u32::try_from(needle.len()).ok()?))
 }
 
@@ -458,10 +464,10 @@ pub type Dispatch = Box<dyn FnMut(Batch) + Send>;
 pub struct Coordinator {
     limits: Limits,
     dispatch: Dispatch,
-    calendars: HashMap<String, Calendar>,
+    calendars: StrMap<Calendar>,
     /// Calendars with a closed batch and nothing in flight, oldest first.
     ready: VecDeque<String>,
-    ready_set: HashSet<String>,
+    ready_set: StrSet,
     /// (deadline, calendar, batch seq) in opening order, hence deadline order.
     ages: VecDeque<(Instant, String, u64)>,
     /// changeId → the batch holding it, while open, queued or in flight.
@@ -475,7 +481,7 @@ pub struct Coordinator {
     ids: IdHasher,
     /// Per calendar, its last settled batch while that batch's acks may
     /// still be coalescing: the calendar's next import acks them first.
-    previous: HashMap<String, AckedThrough>,
+    previous: StrMap<AckedThrough>,
     in_flight: usize,
     /// Deliveries in batches (open, queued or in flight), repeats included.
     held: usize,
@@ -575,15 +581,15 @@ impl Coordinator {
         Coordinator {
             limits,
             dispatch: Box::new(dispatch),
-            calendars: HashMap::new(),
+            calendars: StrMap::default(),
             ready: VecDeque::new(),
-            ready_set: HashSet::new(),
+            ready_set: StrSet::default(),
             ages: VecDeque::new(),
             owners: HashMap::default(),
             recent: HashSet::default(),
             recent_old: HashSet::default(),
             ids: IdHasher::default(),
-            previous: HashMap::new(),
+            previous: StrMap::default(),
             in_flight: 0,
             held: 0,
             next_seq: 0,
@@ -743,7 +749,11 @@ impl Coordinator {
         self.held += 1;
         let calendar_id = accepted.change.calendar_id.clone();
         let max = self.limits.max_entries;
-        let cal = self.calendars.entry(calendar_id.clone()).or_default();
+        if !self.calendars.contains_key(&calendar_id) {
+            self.calendars
+                .insert(calendar_id.clone(), Calendar::default());
+        }
+        let cal = self.calendars.get_mut(&calendar_id).expect("just ensured");
         // The calendar's newest batch, closed (by age, say) but still
         // waiting for an import slot, takes a later change that fits: the
         // batch goes no later for it, the change no later than in a batch
