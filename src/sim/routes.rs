@@ -21,7 +21,8 @@ use serde_json::json;
 
 use super::FaultsPatch;
 use super::state::{
-    ALL_SCOPES, Admission, SCOPE_JOBS_READ, SCOPE_SCHEDULES_WRITE, SimState, bump, scope_bit,
+    ALL_SCOPES, Admission, SCOPE_JOBS_READ, SCOPE_SCHEDULES_WRITE, SimState, body_hash, bump,
+    scope_bit,
 };
 use crate::config::Limits;
 use crate::domain::validate_import;
@@ -314,9 +315,10 @@ async fn import(State(st): St, headers: HeaderMap, body: Body) -> Response {
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .filter(|k| !k.is_empty());
+    let hash = body_hash(&body);
     // A key seen before settles the request without re-validating.
     if let Some(k) = key
-        && let Some(a) = st.idempotent_lookup(&client_id, k, &body)
+        && let Some(a) = st.idempotent_lookup(&client_id, k, &hash)
     {
         return settle(&st, a);
     }
@@ -337,7 +339,7 @@ async fn import(State(st): St, headers: HeaderMap, body: Body) -> Response {
     let a = st.admit_import(
         &client_id,
         key,
-        &body,
+        hash,
         &payload.target_calendar_id,
         payload.schedule_entries,
         spans,

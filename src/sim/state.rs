@@ -308,11 +308,16 @@ impl SimState {
     // ---- imports ----
 
     /// Looks the key up: `Some` when it settles the request (replay or 422).
-    pub fn idempotent_lookup(&self, client_id: &str, key: &str, body: &[u8]) -> Option<Admission> {
-        let hash: [u8; 32] = Sha256::digest(body).into();
+    /// `hash` is the request body's [`body_hash`].
+    pub fn idempotent_lookup(
+        &self,
+        client_id: &str,
+        key: &str,
+        hash: &[u8; 32],
+    ) -> Option<Admission> {
         let map = self.idempotency.lock();
         let rec = map.get(&(client_id.to_owned(), key.to_owned()))?;
-        Some(if rec.body_hash == hash {
+        Some(if rec.body_hash == *hash {
             Admission::Replayed(rec.job_id.clone())
         } else {
             Admission::KeyReused
@@ -325,12 +330,11 @@ impl SimState {
         self: &Arc<Self>,
         client_id: &str,
         key: Option<&str>,
-        body: &[u8],
+        hash: [u8; 32],
         calendar_id: &str,
         entries: Vec<ScheduleEntry>,
         spans: Vec<Span>,
     ) -> Admission {
-        let hash: [u8; 32] = Sha256::digest(body).into();
         let faults = self.faults();
         // Held across the whole accept so a key cannot start two jobs.
         let mut idem = self.idempotency.lock();
@@ -542,6 +546,12 @@ impl SimState {
             now.saturating_duration_since(b.last) < Duration::from_secs(60)
         });
     }
+}
+
+/// What an idempotency key is recorded with: the hash of its request body,
+/// taken once per request.
+pub fn body_hash(body: &[u8]) -> [u8; 32] {
+    Sha256::digest(body).into()
 }
 
 /// AUTO_RESOLVE, entry by entry in payload order: drop the agent's stored
