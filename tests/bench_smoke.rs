@@ -65,6 +65,9 @@ fn throughput_bench_reports_every_figure() {
         v["cpuDuringDrain"]["benchSeconds"].is_number(),
         "the simulator's and tap's CPU time over the drain: {v:#}"
     );
+    // Linux has /proc/stat: how much CPU a noisy neighbour took is reported.
+    assert!(number(&v, "/raw/machineStolenSeconds") >= 0.0);
+    assert!(number(&v, "/cpuDuringDrain/machineStolenSeconds") >= 0.0);
     assert_eq!(v["worker"]["threads"], 1, "the benchmark's default");
     assert!(number(&v, "/cxone/importRequests") >= 1.0);
     assert!(v["cxone"]["jobRequests"].is_u64());

@@ -259,6 +259,7 @@ async fn throughput(args: &BenchArgs, settings: Settings) -> Result<Value, Bench
                 worker.cpu_seconds(),
                 broker_cpu_seconds(),
                 proc_cpu_seconds(std::process::id()),
+                machine_stolen_seconds(),
             );
             let first_out = tokio::spawn(first_received(
                 worker.port,
@@ -280,7 +281,8 @@ async fn throughput(args: &BenchArgs, settings: Settings) -> Result<Value, Bench
                 "workerSeconds": cpu0.0.zip(worker.cpu_seconds()).map(|(a, b)| round3(b - a)),
                 "brokerSeconds": cpu0.1.zip(broker_cpu_seconds()).map(|(a, b)| round3(b - a)),
                 "benchSeconds": cpu0.2.zip(proc_cpu_seconds(std::process::id())).map(|(a, b)| round3(b - a)),
-                "how": "user + system CPU time from /readyz to the last completion event, from /proc/<pid>/stat; the broker is the local beam.smp process, null when there is none; bench is this process: the simulator and the event tap",
+                "machineStolenSeconds": cpu0.3.zip(machine_stolen_seconds()).map(|(a, b)| round3(b - a)),
+                "how": "user + system CPU time from /readyz to the last completion event, from /proc/<pid>/stat; the broker is the local beam.smp process, null when there is none; bench is this process: the simulator and the event tap; machineStolenSeconds is the CPU time the hypervisor gave to other guests meanwhile (steal in /proc/stat, all CPUs): a noisy neighbour shows there",
             });
             let drain_stats = sim.stats();
             let drain_imports = tally.imports;
@@ -345,7 +347,8 @@ async fn throughput(args: &BenchArgs, settings: Settings) -> Result<Value, Bench
                 "perSecond": r.rate.round(),
                 "firstDeliveryMs": ms(r.first_delivery),
                 "walRolledBeforePrefill": r.wal_rolled,
-                "how": "from the first delivery to the last; firstDeliveryMs is from basic.consume",
+                "machineStolenSeconds": r.stolen_seconds,
+                "how": "from the first delivery to the last; firstDeliveryMs is from basic.consume; machineStolenSeconds is the CPU time the hypervisor gave to other guests from basic.consume to the last delivery (steal in /proc/stat, all CPUs), null where it cannot be read",
             })),
             "worker": {
                 "changes": n,
@@ -1005,6 +1008,8 @@ struct Raw {
     /// From `basic.consume` to the first delivery.
     first_delivery: Duration,
     wal_rolled: bool,
+    /// CPU time the hypervisor gave to others over the drain.
+    stolen_seconds: Option<f64>,
 }
 
 /// Pre-fills a queue of the inbound queue's type with `n` 1 KB messages and
@@ -1043,6 +1048,7 @@ async fn raw_ceiling(env: &Env, n: usize, timeout_s: u64) -> Result<Raw, BenchEr
     ch.basic_qos(RAW_PREFETCH, BasicQosOptions::default())
         .await?;
     let started = Instant::now();
+    let stolen0 = machine_stolen_seconds();
     let mut consumer = ch
         .basic_consume(
             env.raw_queue.as_str().into(),
@@ -1073,12 +1079,16 @@ async fn raw_ceiling(env: &Env, n: usize, timeout_s: u64) -> Result<Raw, BenchEr
     }
     let first = first.unwrap_or(started);
     let seconds = first.elapsed().as_secs_f64();
+    let stolen_seconds = stolen0
+        .zip(machine_stolen_seconds())
+        .map(|(a, b)| round3(b - a));
     let _ = conn.close(200, "raw done".into()).await;
     Ok(Raw {
         seconds,
         rate: n as f64 / seconds,
         first_delivery: first - started,
         wal_rolled,
+        stolen_seconds,
     })
 }
 
@@ -1310,6 +1320,17 @@ fn proc_cpu_seconds(pid: u32) -> Option<f64> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     Some(ticks as f64 / CLOCK_TICKS_PER_SECOND)
+}
+
+/// CPU time stolen from this virtual machine so far (all CPUs): the
+/// `steal` column of `/proc/stat`'s `cpu` line, in clock ticks. Runs that
+/// differ by a noisy neighbour differ here.
+fn machine_stolen_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    // cpu user nice system idle iowait irq softirq steal ...
+    let steal: u64 = line.split_whitespace().nth(8)?.parse().ok()?;
+    Some(steal as f64 / CLOCK_TICKS_PER_SECOND)
 }
 
 /// `sysconf(_SC_CLK_TCK)`: 100 on every Linux architecture Rust targets.
