@@ -290,6 +290,10 @@ async fn throughput(args: &BenchArgs, settings: Settings) -> Result<Value, Bench
             let acks = worker.counters("csw_acks_sent_total", "kind").await;
             let closed = worker.counters("csw_batches_closed_total", "trigger").await;
 
+            // What the broker still does after the drain (releasing the
+            // settled window, say) is not the steady state the latency
+            // phase measures.
+            wait_broker_quiet("latency").await;
             eprintln!(
                 "bench: latency: publishing {latency_n} changes at {} per second",
                 args.latency_rate
@@ -1416,7 +1420,8 @@ fn broker_cpu_seconds() -> Option<f64> {
 
 /// Waits (up to 20 s) until the local broker uses under a tenth of a core
 /// over a quarter second: what it still does after a pre-fill (writing its
-/// log to segments, say) must not be counted against the drain after it.
+/// log to segments, say) or a drain must not be counted against the phase
+/// after it.
 /// Returns at once when the broker is not local.
 async fn wait_broker_quiet(phase: &str) {
     const WINDOW: Duration = Duration::from_millis(250);
