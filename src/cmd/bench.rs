@@ -1326,9 +1326,9 @@ fn proc_cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks as f64 / CLOCK_TICKS_PER_SECOND)
 }
 
-/// CPU time stolen from this virtual machine so far (all CPUs): the
-/// `steal` column of `/proc/stat`'s `cpu` line, in clock ticks. Runs that
-/// differ by a noisy neighbour differ here.
+/// CPU time stolen from this virtual machine so far, in seconds (all
+/// CPUs): the `steal` column of `/proc/stat`'s `cpu` line, which counts
+/// clock ticks. Runs that differ by a noisy neighbour differ here.
 fn machine_stolen_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
