@@ -90,6 +90,10 @@ pub struct AmqpSettings {
     pub unrouted_events_queue: String,
     pub unrouted_max_length: u32,
     pub prefetch: u16,
+    /// Most deliveries one `multiple` ack covers; 0 = the whole settled
+    /// front at once (see [`crate::amqp::MULTIPLE_ACK_CHUNK`]).
+    #[serde(default = "default_ack_chunk")]
+    pub ack_chunk: u32,
     pub partitions: u16,
     pub reconnect_initial_ms: u64,
     pub reconnect_max_ms: u64,
@@ -97,6 +101,10 @@ pub struct AmqpSettings {
     /// CA); empty = the platform's trust store only.
     #[serde(default)]
     pub ca_file: String,
+}
+
+fn default_ack_chunk() -> u32 {
+    crate::amqp::MULTIPLE_ACK_CHUNK as u32
 }
 
 impl fmt::Debug for AmqpSettings {
@@ -113,6 +121,7 @@ impl fmt::Debug for AmqpSettings {
             .field("unrouted_events_queue", &self.unrouted_events_queue)
             .field("unrouted_max_length", &self.unrouted_max_length)
             .field("prefetch", &self.prefetch)
+            .field("ack_chunk", &self.ack_chunk)
             .field("partitions", &self.partitions)
             .field("ca_file", &self.ca_file)
             .finish_non_exhaustive()

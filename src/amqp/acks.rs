@@ -61,10 +61,14 @@ pub const SINGLES_PER_TICK: usize = 64;
 /// batch stuck in retries soon becomes.
 pub const FRONT_STILL_TICKS: u32 = 4;
 
-/// Most deliveries one `multiple` ack covers: a longer settled front goes as
-/// several, so a quorum queue settles it in pieces and delivers again after
-/// the first instead of after all (a 50,000-delivery ack is one Raft command
-/// the queue must apply before it hands out the credit it returns).
+/// Most deliveries one `multiple` ack covers by default (`amqp.ack_chunk`):
+/// a longer settled front goes as several, so a quorum queue settles it in
+/// pieces and delivers again after the first instead of after all (a
+/// 50,000-delivery ack is one Raft command the queue must apply before it
+/// hands out the credit it returns). On a slow broker the deliveries after
+/// the first piece can start the next round's batch clocks long before the
+/// rest of the round arrives; there, 0 (the whole front at once) kept the
+/// rounds in step (docs/benchmarks.md, seventh round).
 pub const MULTIPLE_ACK_CHUNK: u64 = 5000;
 
 /// A settled front shorter than 1/64 of the deliveries held behind it is
@@ -118,6 +122,8 @@ struct State {
     front_moved: bool,
     /// Consecutive ticks the front did not move.
     still_ticks: u32,
+    /// Most tags one `multiple` ack covers; 0 = no limit (`amqp.ack_chunk`).
+    chunk: u64,
 }
 
 /// What to send, decided under the state lock.
@@ -206,9 +212,14 @@ impl State {
     /// the front then leave; nothing settled can follow them there, since
     /// the front stopped at an unsettled tag.)
     fn decide(&mut self, singles: impl FnOnce(&mut State) -> Vec<u64>) -> Decision {
-        let multiples = self.take_front_chunked(MULTIPLE_ACK_CHUNK);
+        let chunk = if self.chunk == 0 {
+            u64::MAX
+        } else {
+            self.chunk
+        };
+        let multiples = self.take_front_chunked(chunk);
         let singles = singles(self);
-        self.take_front_chunked(MULTIPLE_ACK_CHUNK);
+        self.take_front_chunked(chunk);
         Decision {
             multiples,
             singles,
@@ -303,10 +314,14 @@ fn advance(front: &tokio::sync::watch::Sender<u64>, to: u64) {
 }
 
 impl AckTracker {
-    pub fn new(channel: Channel) -> AckTracker {
+    /// A tracker for `channel`'s deliveries; `chunk` is `amqp.ack_chunk`.
+    pub fn new(channel: Channel, chunk: u32) -> AckTracker {
         AckTracker {
             channel,
-            state: parking_lot::Mutex::new(State::default()),
+            state: parking_lot::Mutex::new(State {
+                chunk: u64::from(chunk),
+                ..State::default()
+            }),
             send: tokio::sync::Mutex::new(()),
             flush_scheduled: AtomicBool::new(false),
             sent_front: tokio::sync::watch::Sender::new(0),
@@ -511,6 +526,27 @@ mod tests {
             s.register(t);
         }
         s
+    }
+
+    #[test]
+    fn ack_chunk_bounds_each_multiple_ack_and_zero_means_none() {
+        let long = 2 * MULTIPLE_ACK_CHUNK + 100;
+        let all: Vec<u64> = (1..=long).collect();
+        let mut chunked = State {
+            chunk: MULTIPLE_ACK_CHUNK,
+            ..state(1..=long)
+        };
+        chunked.mark(&all);
+        let d = chunked.decide(|_| Vec::new());
+        assert_eq!(
+            d.multiples,
+            vec![MULTIPLE_ACK_CHUNK, 2 * MULTIPLE_ACK_CHUNK, long]
+        );
+        let mut whole = state(1..=long);
+        whole.mark(&all);
+        let d = whole.decide(|_| Vec::new());
+        assert_eq!(d.multiples, vec![long], "amqp.ack_chunk = 0: one ack");
+        assert_eq!(d.front, long + 1);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 mod acks;
 mod topology;
 
-pub use acks::{AckTracker, STRAGGLER_DELAY};
+pub use acks::{AckTracker, MULTIPLE_ACK_CHUNK, STRAGGLER_DELAY};
 pub use topology::{
     declare_topology, delete_topology, members_exchange_name, partition_exchange_name,
     partition_queue_name, webhook_relay_exchange_name,

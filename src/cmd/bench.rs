@@ -87,6 +87,11 @@ pub struct BenchArgs {
     /// machine to the broker it shares; 0 means one per CPU core.
     #[arg(long, default_value_t = 1)]
     pub worker_threads: u16,
+    /// `amqp.ack_chunk` for the worker: most deliveries one `multiple` ack
+    /// covers; 0 acks the whole settled front at once [the worker's
+    /// setting, 5000 by default].
+    #[arg(long)]
+    pub ack_chunk: Option<u32>,
     /// Steady publish rate of the latency phase, changes per second.
     #[arg(long, default_value_t = 1000.0)]
     pub latency_rate: f64,
@@ -180,6 +185,9 @@ pub async fn run_bench(args: &BenchArgs, mut settings: Settings) -> Result<Value
     }
     // For the worker child only: this process's runtime is already running.
     settings.worker.threads = args.worker_threads;
+    if let Some(chunk) = args.ack_chunk {
+        settings.amqp.ack_chunk = chunk;
+    }
     match args.scenario {
         Scenario::Throughput => throughput(args, settings).await,
         Scenario::ApiBound => api_bound(args, settings).await,
@@ -368,6 +376,7 @@ async fn throughput(args: &BenchArgs, settings: Settings) -> Result<Value, Bench
                 "prefetch": prefetch,
                 "maxConcurrent": max_concurrent,
                 "threads": env.settings.worker.threads,
+                "ackChunk": env.settings.amqp.ack_chunk,
                 "batchMaxEntries": max_entries,
                 "simJobMs": 0,
                 "completion": "webhook (polling as the fallback)",
@@ -739,6 +748,7 @@ impl Env {
                 s.worker.instance_id.clone(),
             ),
             ("CSW__WORKER__THREADS".into(), s.worker.threads.to_string()),
+            ("CSW__AMQP__ACK_CHUNK".into(), a.ack_chunk.to_string()),
             ("CSW__HTTP__LISTEN".into(), format!("127.0.0.1:{port}")),
             ("CXONE_BASE_URL".into(), sim.base_url()),
             ("CXONE_AUTH_URL".into(), sim.base_url()),

@@ -173,7 +173,7 @@ async fn subscribe(
             op: "basic.consume",
             source,
         })?;
-    let tracker = Arc::new(AckTracker::new(channel.clone()));
+    let tracker = Arc::new(AckTracker::new(channel.clone(), cfg.amqp.ack_chunk));
     Ok(Subscription {
         channel,
         consumer,
