@@ -90,6 +90,18 @@ struct IdemRec {
     at: Instant,
 }
 
+impl IdemRec {
+    /// A request repeating this record's key: the same body replays its
+    /// job, another body is a reused key (422).
+    fn admission(&self, hash: &[u8; 32]) -> Admission {
+        if self.body_hash == *hash {
+            Admission::Replayed(self.job_id.clone())
+        } else {
+            Admission::KeyReused
+        }
+    }
+}
+
 struct Bucket {
     tokens: f64,
     last: Instant,
@@ -317,11 +329,7 @@ impl SimState {
     ) -> Option<Admission> {
         let map = self.idempotency.lock();
         let rec = map.get(&(client_id.to_owned(), key.to_owned()))?;
-        Some(if rec.body_hash == *hash {
-            Admission::Replayed(rec.job_id.clone())
-        } else {
-            Admission::KeyReused
-        })
+        Some(rec.admission(hash))
     }
 
     /// Accepts a validated import: 409 rules, job creation, key recording,
@@ -341,11 +349,7 @@ impl SimState {
         if let Some(k) = key
             && let Some(rec) = idem.get(&(client_id.to_owned(), k.to_owned()))
         {
-            return if rec.body_hash == hash {
-                Admission::Replayed(rec.job_id.clone())
-            } else {
-                Admission::KeyReused
-            };
+            return rec.admission(&hash);
         }
         {
             let mut cals = self.calendars.lock();
