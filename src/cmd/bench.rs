@@ -430,6 +430,7 @@ async fn api_bound(args: &BenchArgs, settings: Settings) -> Result<Value, BenchE
     const RATE_PER_MIN: u32 = 300;
 
     let mut env = Env::open(settings, "api").await?;
+    env.sorted_keys = args.sorted_keys;
     let result = async {
         let sim = SimServer::start(SimConfig {
             listen: ([127, 0, 0, 1], 0).into(),
@@ -441,7 +442,7 @@ async fn api_bound(args: &BenchArgs, settings: Settings) -> Result<Value, BenchE
         .await
         .map_err(BenchError::Sim)?;
         eprintln!("bench: api-bound: pre-filling {n} changes over {calendars} calendars");
-        let bodies = changes("a", n, calendars, order, args.sorted_keys);
+        let bodies = changes("a", n, calendars, order, env.sorted_keys);
         env.prefill_changes(&bodies).await?;
         drop(bodies);
         wait_broker_quiet("worker drain").await;
