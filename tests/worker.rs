@@ -809,3 +809,64 @@ async fn every_validation_code_is_rejected_with_that_code() {
     );
     assert_eq!(app.finish().await, 0);
 }
+
+/// The worker proposes 32 KiB frames (lapin keeps 32 frames of buffer each
+/// way for the life of a connection), unless `amqp.url` sets `frame_max`;
+/// a message larger than a frame still arrives whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_propose_32_kib_frames_unless_the_url_sets_them() {
+    use cxone_schedule_worker::amqp::{self, DEFAULT_FRAME_MAX};
+    use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+
+    let connect = |url: String| async move {
+        let s = settings("frame", "http://127.0.0.1:9", &[("AMQP_URL", url.as_str())]);
+        amqp::connect(&s.amqp, "frame-size").await.unwrap_or_else(|e| {
+            panic!("{e}\nstart RabbitMQ with `rabbitmq-server -detached`, or point AMQP_URL at a broker")
+        })
+    };
+    let conn = connect(amqp_url()).await;
+    assert_eq!(conn.configuration().frame_max(), DEFAULT_FRAME_MAX);
+
+    let ch = conn.create_channel().await.unwrap();
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    ch.basic_publish(
+        "".into(),
+        q.name().clone(),
+        BasicPublishOptions::default(),
+        &big,
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let got = ch
+        .basic_get(q.name().clone(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("the message is back");
+    assert_eq!(got.delivery.data, big, "a 100 KB body over 32 KiB frames");
+    conn.close(200, "done".into()).await.unwrap();
+
+    let sep = if amqp_url().contains('?') { '&' } else { '?' };
+    let conn = connect(format!("{}{sep}frame_max=65536", amqp_url())).await;
+    assert_eq!(
+        conn.configuration().frame_max(),
+        65536,
+        "the URL's frame_max wins"
+    );
+    conn.close(200, "done".into()).await.unwrap();
+}
