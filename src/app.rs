@@ -179,6 +179,7 @@ pub async fn start(settings: Settings) -> Result<AppHandle, AppError> {
     let consumer_cfg = ConsumerConfig {
         amqp: settings.amqp.clone(),
         prefetch: settings.effective_prefetch(),
+        batch_max_wait: settings.batch_max_wait(),
         parse,
         connection_name: instance_id.clone(),
         source,

@@ -52,6 +52,7 @@ const KNOWN_METRICS: &[&str] = &[
     "csw_broker_connected",
     "csw_partitions_owned",
     "csw_acks_sent_total",
+    "csw_ack_pace_changes_total",
     "csw_batches_closed_total",
     "csw_changes_joined_waiting_total",
     "csw_webhooks_total",

@@ -29,9 +29,11 @@
 //! newer batch of its calendar was imported: [`AckTracker::ack_through`]
 //! says why, and a calendar's next import acks its previous batch first.
 //!
-//! A long settled front goes as several `multiple` acks of at most
-//! [`MULTIPLE_ACK_CHUNK`] deliveries, so the broker settles it in pieces and
-//! starts delivering again after the first.
+//! A long settled front goes as one `multiple` ack, or, once the broker has
+//! shown it is quick enough, as several of at most `amqp.ack_chunk`
+//! deliveries, so that it settles the front in pieces and starts delivering
+//! again after the first: [`Pace`] decides, from how long the broker took
+//! to refill earlier fronts.
 
 use std::{
     collections::VecDeque,
@@ -43,6 +45,7 @@ use std::{
 };
 
 use lapin::{Channel, options::BasicAckOptions};
+use tokio::time::Instant;
 
 use super::AmqpError;
 
@@ -67,8 +70,8 @@ pub const FRONT_STILL_TICKS: u32 = 4;
 /// 50,000-delivery ack is one Raft command the queue must apply before it
 /// hands out the credit it returns). On a slow broker the deliveries after
 /// the first piece can start the next round's batch clocks long before the
-/// rest of the round arrives; there, 0 (the whole front at once) kept the
-/// rounds in step (docs/benchmarks.md, seventh round).
+/// rest of the round arrives, so chunks are used only where [`Pace`] finds
+/// the broker quick enough for them.
 pub const MULTIPLE_ACK_CHUNK: u64 = 5000;
 
 /// A settled front shorter than 1/64 of the deliveries held behind it is
@@ -122,8 +125,164 @@ struct State {
     front_moved: bool,
     /// Consecutive ticks the front did not move.
     still_ticks: u32,
-    /// Most tags one `multiple` ack covers; 0 = no limit (`amqp.ack_chunk`).
+    /// How many tags one `multiple` ack covers.
+    pace: Pace,
+}
+
+/// A front at least this many chunks long is a probe of the broker's pace
+/// ([`Pace`]): shorter ones are not rounds of a saturated drain, and the
+/// broker's time to refill them says little.
+pub const PACE_PROBE_CHUNKS: u64 = 4;
+
+/// Whole fronts go in chunks once the spread a chunked refill would have
+/// had is under this fraction of `batch.max_wait_ms` ([`Pace`]).
+pub const CHUNKED_BELOW: f64 = 0.75;
+
+/// Chunked fronts go whole again once a chunked refill's deliveries spread
+/// over more than this fraction of `batch.max_wait_ms`.
+pub const WHOLE_ABOVE: f64 = 0.9;
+
+/// Whether a long settled front goes as `multiple` acks of at most
+/// `amqp.ack_chunk` deliveries ("chunked"), or as one ("whole").
+///
+/// Chunks let a quorum queue deliver again after settling the first one,
+/// but it then interleaves those deliveries with settling the rest, so the
+/// credit a long front returns comes back spread over the settle *and* the
+/// deliveries. Every batch clock starts at its first change: when those
+/// deliveries spread over more than `batch.max_wait_ms`, a round of a
+/// saturated drain closes its batches by age, part full, and falls out of
+/// step (more imports, a tail that waits out its clock), and it stays out
+/// of step for the rest of the backlog (docs/benchmarks.md, seventh and
+/// eighth rounds). A whole front makes the broker settle it all first and
+/// then deliver in one run. Where chunks keep the rounds in step they are
+/// faster, though: the broker's one long settle costs more than its pieces.
+///
+/// So the pace starts whole, the safe side, and each long front (at least
+/// [`PACE_PROBE_CHUNKS`] chunks) probes the broker: how long it took to
+/// settle before delivering again, and over how long the deliveries of the
+/// refill (as many as were acked) then spread. A whole refill tells what a
+/// chunked one would spread over: the settle of all but the first chunk
+/// plus the same deliveries. Under [`CHUNKED_BELOW`] of
+/// `batch.max_wait_ms`, fronts go in chunks; a chunked refill that spreads
+/// over more than [`WHOLE_ABOVE`] of it sends them back to whole. The gap
+/// between the two keeps the pace from flapping on a noisy broker.
+struct Pace {
+    /// `amqp.ack_chunk`; 0 = always whole, never probed.
     chunk: u64,
+    max_wait: Duration,
+    whole: bool,
+    probe: Option<Probe>,
+}
+
+impl Default for Pace {
+    /// No chunks: every front whole (what `State::default()` tests use).
+    fn default() -> Pace {
+        Pace::new(0, Duration::ZERO)
+    }
+}
+
+/// One front's refill being timed.
+struct Probe {
+    sent_at: Instant,
+    first_at: Option<Instant>,
+    acked: u64,
+    /// Deliveries still to come before the refill is complete.
+    left: u64,
+}
+
+/// What a completed probe found.
+#[derive(Debug, PartialEq, Eq)]
+struct Probed {
+    /// Whether the front went whole.
+    was_whole: bool,
+    /// From the ack to the refill's first delivery: the broker settling
+    /// (the whole front, or the first chunk).
+    settled: Duration,
+    /// From the refill's first delivery to its last.
+    spread: Duration,
+    /// What a chunked refill spread over, or would have.
+    chunked_spread: Duration,
+    /// Whether fronts go whole from now on.
+    whole: bool,
+}
+
+impl Probed {
+    fn switched(&self) -> bool {
+        self.was_whole != self.whole
+    }
+}
+
+impl Pace {
+    fn new(chunk: u64, max_wait: Duration) -> Pace {
+        Pace {
+            chunk,
+            max_wait,
+            whole: true,
+            probe: None,
+        }
+    }
+
+    /// Most tags one `multiple` ack covers now.
+    fn chunk(&self) -> u64 {
+        if self.chunk == 0 || self.whole {
+            u64::MAX
+        } else {
+            self.chunk
+        }
+    }
+
+    /// A front of `acked` tags went out at `now`: a long one starts a probe
+    /// (replacing one whose refill never completed: the queue ran short).
+    fn sent(&mut self, acked: u64, now: Instant) {
+        if self.chunk > 0 && acked >= PACE_PROBE_CHUNKS.saturating_mul(self.chunk) {
+            self.probe = Some(Probe {
+                sent_at: now,
+                first_at: None,
+                acked,
+                left: acked,
+            });
+        }
+    }
+
+    /// A delivery arrived (`now` is read only while a probe runs); a probe
+    /// it completes is returned.
+    fn delivered(&mut self, now: impl FnOnce() -> Instant) -> Option<Probed> {
+        let probe = self.probe.as_mut()?;
+        probe.left -= 1;
+        if probe.first_at.is_some() && probe.left > 0 {
+            return None;
+        }
+        let now = now();
+        let first = *probe.first_at.get_or_insert(now);
+        if probe.left > 0 {
+            return None;
+        }
+        let settled = first - probe.sent_at;
+        let spread = now - first;
+        let acked = probe.acked;
+        self.probe = None;
+        let was_whole = self.whole;
+        let chunked_spread = if was_whole {
+            // The chunks after the first would be settled between the
+            // deliveries.
+            let rest = acked.saturating_sub(self.chunk) as f64 / acked as f64;
+            settled.mul_f64(rest) + spread
+        } else {
+            spread
+        };
+        self.whole = if was_whole {
+            chunked_spread >= self.max_wait.mul_f64(CHUNKED_BELOW)
+        } else {
+            chunked_spread > self.max_wait.mul_f64(WHOLE_ABOVE)
+        };
+        Some(Probed {
+            was_whole,
+            settled,
+            spread,
+            chunked_spread,
+            whole: self.whole,
+        })
+    }
 }
 
 /// What to send, decided under the state lock.
@@ -136,7 +295,19 @@ struct Decision {
 }
 
 impl State {
+    #[cfg(test)]
     fn register(&mut self, tag: u64) {
+        self.register_at(tag, Instant::now);
+    }
+
+    /// Records a delivery; a change of pace it completes is returned.
+    fn register_at(&mut self, tag: u64, now: impl FnOnce() -> Instant) -> Option<Probed> {
+        let probed = self.pace.delivered(now);
+        self.push(tag);
+        probed
+    }
+
+    fn push(&mut self, tag: u64) {
         if self.states.is_empty() && self.base == 0 {
             self.base = tag;
         }
@@ -212,12 +383,12 @@ impl State {
     /// the front then leave; nothing settled can follow them there, since
     /// the front stopped at an unsettled tag.)
     fn decide(&mut self, singles: impl FnOnce(&mut State) -> Vec<u64>) -> Decision {
-        let chunk = if self.chunk == 0 {
-            u64::MAX
-        } else {
-            self.chunk
-        };
+        let chunk = self.pace.chunk();
+        let from = self.base;
         let multiples = self.take_front_chunked(chunk);
+        if !multiples.is_empty() {
+            self.pace.sent(self.base - from, Instant::now());
+        }
         let singles = singles(self);
         self.take_front_chunked(chunk);
         Decision {
@@ -314,12 +485,13 @@ fn advance(front: &tokio::sync::watch::Sender<u64>, to: u64) {
 }
 
 impl AckTracker {
-    /// A tracker for `channel`'s deliveries; `chunk` is `amqp.ack_chunk`.
-    pub fn new(channel: Channel, chunk: u32) -> AckTracker {
+    /// A tracker for `channel`'s deliveries; `chunk` is `amqp.ack_chunk`,
+    /// `max_wait` is `batch.max_wait_ms` (what [`Pace`] keeps rounds within).
+    pub fn new(channel: Channel, chunk: u32, max_wait: Duration) -> AckTracker {
         AckTracker {
             channel,
             state: parking_lot::Mutex::new(State {
-                chunk: u64::from(chunk),
+                pace: Pace::new(u64::from(chunk), max_wait),
                 ..State::default()
             }),
             send: tokio::sync::Mutex::new(()),
@@ -331,7 +503,10 @@ impl AckTracker {
 
     /// Records a delivery as received, before anything else can settle it.
     pub fn register(&self, tag: u64) {
-        self.state.lock().register(tag);
+        let probed = self.state.lock().register_at(tag, Instant::now);
+        if let Some(p) = probed {
+            note_probe(&p);
+        }
     }
 
     /// Whether every delivery up to `tag` was acked (the front passed it).
@@ -495,6 +670,39 @@ impl AckTracker {
     }
 }
 
+/// Logs a probe of the broker's pace; a change of pace at info.
+fn note_probe(p: &Probed) {
+    let ms = |d: Duration| d.as_millis() as u64;
+    let (settled_ms, spread_ms, chunked_spread_ms) =
+        (ms(p.settled), ms(p.spread), ms(p.chunked_spread));
+    tracing::debug!(
+        target: "csw::timeline",
+        settled_ms,
+        spread_ms,
+        chunked_spread_ms,
+        was_whole = p.was_whole,
+        whole = p.whole,
+        "ack pace probed"
+    );
+    if !p.switched() {
+        return;
+    }
+    if p.whole {
+        tracing::info!(
+            spread_ms,
+            "the broker spread what a chunked ack returned over {spread_ms} ms, close to batch.max_wait_ms: acking long settled fronts whole from now on, so that a round's batches fill before their clocks run out"
+        );
+    } else {
+        tracing::info!(
+            settled_ms,
+            spread_ms,
+            "the broker settled a whole front in {settled_ms} ms and delivered it again over {spread_ms} ms, quick enough for chunks: acking long settled fronts in chunks of amqp.ack_chunk"
+        );
+    }
+    let to = if p.whole { "whole" } else { "chunked" };
+    metrics::counter!("csw_ack_pace_changes_total", "to" => to).increment(1);
+}
+
 /// Ticks while stragglers remain; a later settle starts it again.
 async fn straggler_ticks(tracker: Arc<AckTracker>) {
     loop {
@@ -533,7 +741,10 @@ mod tests {
         let long = 2 * MULTIPLE_ACK_CHUNK + 100;
         let all: Vec<u64> = (1..=long).collect();
         let mut chunked = State {
-            chunk: MULTIPLE_ACK_CHUNK,
+            pace: Pace {
+                whole: false,
+                ..Pace::new(MULTIPLE_ACK_CHUNK, Duration::from_secs(1))
+            },
             ..state(1..=long)
         };
         chunked.mark(&all);
@@ -547,6 +758,102 @@ mod tests {
         let d = whole.decide(|_| Vec::new());
         assert_eq!(d.multiples, vec![long], "amqp.ack_chunk = 0: one ack");
         assert_eq!(d.front, long + 1);
+    }
+
+    /// Settles every tag held and acks the front; the multiple acks sent.
+    fn ack_all(s: &mut State) -> Vec<u64> {
+        let held: Vec<u64> = (s.base..s.base + s.states.len() as u64).collect();
+        s.mark(&held);
+        s.decide(|_| Vec::new()).multiples
+    }
+
+    /// Delivers `n` more tags, the first at `first` and the others at
+    /// `last` after now; what the probes they completed found.
+    fn refill(s: &mut State, n: u64, first: Duration, last: Duration) -> Vec<Probed> {
+        let t0 = Instant::now();
+        let start = s.base + s.states.len() as u64;
+        (start..start + n)
+            .filter_map(|tag| {
+                let at = if tag == start { first } else { last };
+                s.register_at(tag, || t0 + at)
+            })
+            .collect()
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn fronts_start_whole_go_in_chunks_on_a_quick_broker_and_back_on_a_slow_one() {
+        const CHUNK: u64 = 100;
+        let mut s = State {
+            pace: Pace::new(CHUNK, ms(1000)),
+            ..state(1..=1000)
+        };
+        assert_eq!(ack_all(&mut s), vec![1000], "whole at first");
+        // Settled in 300 ms, delivered over 600: chunks would have spread
+        // over 0.9 × 300 + 600 = 870 ms, not under 0.75 of max_wait.
+        let slow = refill(&mut s, 1000, ms(300), ms(900));
+        assert_eq!(slow.len(), 1);
+        assert_eq!(slow[0].spread, ms(600));
+        assert!(slow[0].chunked_spread >= ms(870), "{slow:?}");
+        assert!(slow[0].whole && !slow[0].switched());
+        assert_eq!(ack_all(&mut s), vec![2000]);
+        // 0.9 × 200 + 400 = 580 ms: chunks.
+        let quick = refill(&mut s, 1000, ms(200), ms(600));
+        assert_eq!(quick.len(), 1);
+        assert!(!quick[0].whole && quick[0].switched(), "{quick:?}");
+        assert_eq!(ack_all(&mut s).len(), 10, "chunked");
+        // Chunked, a spread of 850 ms (under 0.9 of max_wait) keeps them.
+        let fine = refill(&mut s, 1000, ms(50), ms(900));
+        assert_eq!(fine.len(), 1);
+        assert_eq!(fine[0].chunked_spread, ms(850));
+        assert!(!fine[0].whole && !fine[0].switched());
+        assert_eq!(ack_all(&mut s).len(), 10);
+        let spread = refill(&mut s, 1000, ms(50), ms(1000));
+        assert_eq!(spread.len(), 1);
+        assert_eq!(spread[0].spread, ms(950));
+        assert!(spread[0].whole && spread[0].switched());
+        assert_eq!(ack_all(&mut s), vec![5000], "whole again");
+    }
+
+    #[test]
+    fn short_fronts_partial_refills_and_chunk_zero_do_not_probe() {
+        const CHUNK: u64 = 100;
+        let slow = (Duration::ZERO, Duration::from_secs(5));
+        // A front under PACE_PROBE_CHUNKS chunks says nothing.
+        let mut s = State {
+            pace: Pace::new(CHUNK, ms(1000)),
+            ..state(1..=PACE_PROBE_CHUNKS * CHUNK - 1)
+        };
+        ack_all(&mut s);
+        assert_eq!(refill(&mut s, 1000, slow.0, slow.1), []);
+        // A refill that never completes (the queue ran short) decides
+        // nothing, and the next long front probes afresh.
+        let mut s = State {
+            pace: Pace::new(CHUNK, ms(1000)),
+            ..state(1..=1000)
+        };
+        ack_all(&mut s);
+        assert_eq!(refill(&mut s, 999, slow.0, slow.1), []);
+        ack_all(&mut s);
+        let fast = refill(&mut s, 999, Duration::ZERO, ms(100));
+        assert_eq!(fast.len(), 1);
+        assert!(!fast[0].whole);
+        assert_eq!(
+            refill(&mut s, 1, slow.0, slow.1),
+            [],
+            "the old probe is gone"
+        );
+        // amqp.ack_chunk = 0: always whole, never probed.
+        let mut s = State {
+            pace: Pace::new(0, ms(1000)),
+            ..state(1..=1000)
+        };
+        assert_eq!(ack_all(&mut s), vec![1000]);
+        assert_eq!(refill(&mut s, 1000, slow.0, slow.1), []);
+        assert!(s.pace.probe.is_none());
     }
 
     #[test]

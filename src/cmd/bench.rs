@@ -296,6 +296,7 @@ async fn throughput(args: &BenchArgs, settings: Settings) -> Result<Value, Bench
             let drain_imports = tally.imports;
             let rss_drain_kb = worker.vm_hwm_kb();
             let acks = worker.counters("csw_acks_sent_total", "kind").await;
+            let pace = worker.counters("csw_ack_pace_changes_total", "to").await;
             let closed = worker.counters("csw_batches_closed_total", "trigger").await;
 
             // What the broker still does after the drain (releasing the
@@ -316,6 +317,7 @@ async fn throughput(args: &BenchArgs, settings: Settings) -> Result<Value, Bench
                 drain,
                 cpu,
                 acks,
+                pace,
                 closed,
                 drain_stats,
                 drain_imports,
@@ -329,7 +331,7 @@ async fn throughput(args: &BenchArgs, settings: Settings) -> Result<Value, Bench
         let stopped = worker.stop().await;
         let final_stats = sim.stats();
         sim.shutdown().await;
-        let (ready, drain, cpu, acks, closed, stats, imports, rss_drain_kb, rss_end_kb, lat, failures) =
+        let (ready, drain, cpu, acks, pace, closed, stats, imports, rss_drain_kb, rss_end_kb, lat, failures) =
             outcome?;
         if failures > 0 {
             return Err(BenchError::Failures(failures, worker.log.clone()));
@@ -384,6 +386,7 @@ async fn throughput(args: &BenchArgs, settings: Settings) -> Result<Value, Bench
             "ratio": ratio.map(round3),
             "cpuDuringDrain": cpu,
             "acksSentDuringDrain": acks,
+            "ackPaceChangesDuringDrain": pace,
             "batchesClosedDuringDrain": closed,
             "rss": {
                 "peakMbDuringDrain": rss_mb.map(round1),

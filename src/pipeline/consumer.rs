@@ -43,6 +43,8 @@ use crate::{
 pub struct ConsumerConfig {
     pub amqp: AmqpSettings,
     pub prefetch: u16,
+    /// `batch.max_wait_ms`: how the ack pace judges the broker's refills.
+    pub batch_max_wait: Duration,
     /// How bodies are parsed (imports parse them again the same way).
     pub parse: ParseSettings,
     pub connection_name: String,
@@ -173,7 +175,11 @@ async fn subscribe(
             op: "basic.consume",
             source,
         })?;
-    let tracker = Arc::new(AckTracker::new(channel.clone(), cfg.amqp.ack_chunk));
+    let tracker = Arc::new(AckTracker::new(
+        channel.clone(),
+        cfg.amqp.ack_chunk,
+        cfg.batch_max_wait,
+    ));
     Ok(Subscription {
         channel,
         consumer,
