@@ -21,7 +21,6 @@ use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions},
     tcp::OwnedTLSConfig,
     types::{AMQPValue, FieldTable, ShortString},
-    uri::AMQPUri,
 };
 
 use crate::config::{AmqpSettings, load_ca_pem, redact_url};
@@ -80,14 +79,6 @@ impl AmqpError {
     }
 }
 
-/// The largest frame proposed to the broker when `amqp.url` sets no
-/// `frame_max` (RabbitMQ's own default is 128 KiB; the smaller of the two
-/// wins). lapin keeps a receive and a send buffer of 32 frames for the life
-/// of a connection: 8 MiB at 128 KiB, a seventh of the worker's peak memory
-/// in a saturated drain; 2 MiB at 32 KiB. A message larger than a frame
-/// goes in several, which costs a change of a few kilobytes nothing.
-pub const DEFAULT_FRAME_MAX: u32 = 32 * 1024;
-
 /// Opens a connection named after this worker instance (shown in the
 /// management UI). `amqps://` goes through rustls, trusting the platform's
 /// store plus the certificates of `amqp.ca_file` when set.
@@ -107,20 +98,11 @@ pub async fn connect(amqp: &AmqpSettings, connection_name: &str) -> Result<Conne
         source,
     };
     let runtime = lapin::runtime::default_runtime().map_err(connect_error)?;
-    match amqp.url.parse::<AMQPUri>() {
-        Ok(mut uri) => {
-            uri.query.frame_max.get_or_insert(DEFAULT_FRAME_MAX);
-            uri.connect_with_config(props, tls, runtime).await
-        }
-        // lapin says what is wrong with it.
-        Err(_) => {
-            amqp.url
-                .as_str()
-                .connect_with_config(props, tls, runtime)
-                .await
-        }
-    }
-    .map_err(connect_error)
+    amqp.url
+        .as_str()
+        .connect_with_config(props, tls, runtime)
+        .await
+        .map_err(connect_error)
 }
 
 /// A channel in confirm mode: every publish waits for the broker's ack, and a
