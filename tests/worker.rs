@@ -809,3 +809,70 @@ async fn every_validation_code_is_rejected_with_that_code() {
     );
     assert_eq!(app.finish().await, 0);
 }
+
+/// A content header cannot be split across frames, so the worker's
+/// connection must take frames as large as publishers may use: a change
+/// whose headers nearly fill RabbitMQ's default 128 KiB frame still
+/// arrives, and the connection stays up. (Proposing smaller frames to save
+/// lapin's buffers made such a delivery close the connection.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_takes_headers_as_large_as_the_broker_accepts() {
+    use cxone_schedule_worker::amqp;
+    use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+
+    let publisher = broker().await;
+    let ch = publisher.create_channel().await.unwrap();
+    let q = ch
+        .queue_declare(
+            unique("big-headers").as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "x-large".into(),
+        AMQPValue::LongString(LongString::from("x".repeat(100_000))),
+    );
+    ch.basic_publish(
+        "".into(),
+        q.name().clone(),
+        BasicPublishOptions::default(),
+        b"{}",
+        BasicProperties::default().with_headers(headers),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+
+    let s = settings("big-headers", "http://127.0.0.1:9", &[]);
+    let conn = amqp::connect(&s.amqp, "big-headers").await.unwrap();
+    let wch = conn.create_channel().await.unwrap();
+    let got = tokio::time::timeout(
+        Duration::from_secs(10),
+        wch.basic_get(q.name().clone(), BasicGetOptions { no_ack: true }),
+    )
+    .await
+    .expect("the delivery arrives")
+    .expect("basic.get succeeds")
+    .expect("the message is there");
+    let header = got
+        .delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-large").cloned());
+    assert!(
+        matches!(&header, Some(AMQPValue::LongString(v)) if v.as_bytes().len() == 100_000),
+        "the 100 KB header arrived whole"
+    );
+    assert!(conn.status().connected(), "the connection is still up");
+    ch.queue_delete(q.name().clone(), Default::default())
+        .await
+        .unwrap();
+    let _ = conn.close(200, "done".into()).await;
+    let _ = publisher.close(200, "done".into()).await;
+}
