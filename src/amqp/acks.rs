@@ -300,7 +300,7 @@ impl State {
         self.register_at(tag, Instant::now);
     }
 
-    /// Records a delivery; a change of pace it completes is returned.
+    /// Records a delivery; a probe of the pace it completes is returned.
     fn register_at(&mut self, tag: u64, now: impl FnOnce() -> Instant) -> Option<Probed> {
         let probed = self.pace.delivered(now);
         self.push(tag);
