@@ -90,8 +90,9 @@ pub struct AmqpSettings {
     pub unrouted_events_queue: String,
     pub unrouted_max_length: u32,
     pub prefetch: u16,
-    /// Most deliveries one `multiple` ack covers; 0 = the whole settled
-    /// front at once (see [`crate::amqp::MULTIPLE_ACK_CHUNK`]).
+    /// Most deliveries one `multiple` ack covers when the ack pace finds
+    /// the broker quick enough for chunks; 0 = every settled front whole,
+    /// never probed (see [`crate::amqp::MULTIPLE_ACK_CHUNK`]).
     #[serde(default = "default_ack_chunk")]
     pub ack_chunk: u32,
     pub partitions: u16,
