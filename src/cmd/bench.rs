@@ -88,8 +88,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1)]
     pub worker_threads: u16,
     /// `amqp.ack_chunk` for the worker: most deliveries one `multiple` ack
-    /// covers; 0 acks the whole settled front at once [the worker's
-    /// setting, 5000 by default].
+    /// covers once the ack pace goes to chunks; 0 acks every settled front
+    /// whole, without probes [the worker's setting, 5000 by default].
     #[arg(long)]
     pub ack_chunk: Option<u32>,
     /// Steady publish rate of the latency phase, changes per second.
@@ -1331,13 +1331,22 @@ async fn publish_confirmed<'a>(
 
 /// User + system CPU time of a process, from `/proc/<pid>/stat`.
 fn proc_cpu_seconds(pid: u32) -> Option<f64> {
+    // utime and stime, in clock ticks.
+    let stat = proc_stat(pid)?;
+    Some((stat_field(&stat, 14)? + stat_field(&stat, 15)?) as f64 / CLOCK_TICKS_PER_SECOND)
+}
+
+/// `/proc/<pid>/stat` after the parenthesised command name (which may hold
+/// spaces): the line from its 3rd field on.
+fn proc_stat(pid: u32) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name; utime and stime are the
-    // 14th and 15th fields of the line, in clock ticks.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / CLOCK_TICKS_PER_SECOND)
+    Some(stat.rsplit_once(')')?.1.to_owned())
+}
+
+/// Field `n` of a [`proc_stat`] line, numbered as in proc(5) (from 1, the
+/// process id).
+fn stat_field(stat: &str, n: usize) -> Option<u64> {
+    stat.split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
 }
 
 /// CPU time stolen from this virtual machine so far, in seconds (all
@@ -1440,13 +1449,7 @@ fn broker_cpu_seconds() -> Option<f64> {
 /// When a process started, in clock ticks after boot (`starttime`, the
 /// 22nd field of `/proc/<pid>/stat`).
 fn proc_start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(19)?
-        .parse()
-        .ok()
+    stat_field(&proc_stat(pid)?, 22)
 }
 
 /// Waits (up to 20 s) until the local broker uses under a tenth of a core
