@@ -40,6 +40,15 @@ impl Drop for TelemetryGuard {
     }
 }
 
+/// Colour codes only for a person at a terminal: a log file, a pipe or
+/// journald would keep them as escape bytes that grep and log shippers
+/// trip over. `NO_COLOR` (any non-empty value, no-color.org) turns them off
+/// at a terminal too.
+fn colour_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 static OTEL_ACTIVE: OnceLock<bool> = OnceLock::new();
 
 /// Installs logging (and tracing export when configured). Once per process;
@@ -56,6 +65,7 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
             .boxed(),
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .with_ansi(colour_stderr())
             .boxed(),
     };
     let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
