@@ -65,6 +65,12 @@ fn throughput_bench_reports_every_figure() {
         v["cpuDuringDrain"]["benchSeconds"].is_number(),
         "the simulator's and tap's CPU time over the drain: {v:#}"
     );
+    // The broker's CPU over each drain, both or neither (no local broker).
+    assert_eq!(
+        v["raw"]["brokerCpuSeconds"].is_number(),
+        v["cpuDuringDrain"]["brokerSeconds"].is_number(),
+        "{v:#}"
+    );
     // Linux has /proc/stat: how much CPU a noisy neighbour took is reported.
     assert!(number(&v, "/raw/machineStolenSeconds") >= 0.0);
     assert!(number(&v, "/cpuDuringDrain/machineStolenSeconds") >= 0.0);

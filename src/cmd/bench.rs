@@ -362,7 +362,8 @@ async fn throughput(args: &BenchArgs, settings: Settings) -> Result<Value, Bench
                 "firstDeliveryMs": ms(r.first_delivery),
                 "walRolledBeforePrefill": r.wal_rolled,
                 "machineStolenSeconds": r.stolen_seconds,
-                "how": "from the first delivery to the last; firstDeliveryMs is from basic.consume; machineStolenSeconds is the CPU time the hypervisor gave to other guests from basic.consume to the last delivery (steal in /proc/stat, all CPUs), null where it cannot be read",
+                "brokerCpuSeconds": r.broker_seconds,
+                "how": "from the first delivery to the last; firstDeliveryMs is from basic.consume; machineStolenSeconds is the CPU time the hypervisor gave to other guests from basic.consume to the last delivery (steal in /proc/stat, all CPUs), null where it cannot be read; brokerCpuSeconds is the user + system CPU time of the local beam.smp over the same span (null when there is none), to set beside cpuDuringDrain.brokerSeconds",
             })),
             "worker": {
                 "changes": n,
@@ -1028,6 +1029,8 @@ struct Raw {
     wal_rolled: bool,
     /// CPU time the hypervisor gave to others over the drain.
     stolen_seconds: Option<f64>,
+    /// CPU time the local broker used over the drain.
+    broker_seconds: Option<f64>,
 }
 
 /// Pre-fills a queue of the inbound queue's type with `n` 1 KB messages and
@@ -1067,6 +1070,7 @@ async fn raw_ceiling(env: &Env, n: usize, timeout_s: u64) -> Result<Raw, BenchEr
         .await?;
     let started = Instant::now();
     let stolen0 = machine_stolen_seconds();
+    let broker0 = broker_cpu_seconds();
     let mut consumer = ch
         .basic_consume(
             env.raw_queue.as_str().into(),
@@ -1100,6 +1104,9 @@ async fn raw_ceiling(env: &Env, n: usize, timeout_s: u64) -> Result<Raw, BenchEr
     let stolen_seconds = stolen0
         .zip(machine_stolen_seconds())
         .map(|(a, b)| round3(b - a));
+    let broker_seconds = broker0
+        .zip(broker_cpu_seconds())
+        .map(|(a, b)| round3(b - a));
     let _ = conn.close(200, "raw done".into()).await;
     Ok(Raw {
         seconds,
@@ -1107,6 +1114,7 @@ async fn raw_ceiling(env: &Env, n: usize, timeout_s: u64) -> Result<Raw, BenchEr
         first_delivery: first - started,
         wal_rolled,
         stolen_seconds,
+        broker_seconds,
     })
 }
 
