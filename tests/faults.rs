@@ -90,6 +90,92 @@ async fn kill9_every_few_seconds_loses_nothing() {
     sim.shutdown().await;
 }
 
+/// A double fault: the worker's broker connection is closed under load,
+/// and while it recovers (reconnected, taking the redelivered changes,
+/// some of whose imports had already settled) it is killed with SIGKILL.
+/// Three times over, then a clean run: nothing lost, the roster exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_loss_then_kill9_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let started = Instant::now();
+    let sim = sim(SimConfig {
+        job_base_ms: 50,
+        ..fast_sim()
+    })
+    .await;
+    let settings = settings(
+        "dblfault",
+        &sim.base_url(),
+        &[("CSW__BATCH__MAX_ENTRIES", "50")],
+    );
+    let collector = Collector::start(&settings).await;
+    let publisher = Publisher::new(&settings).await;
+    let plan = workload(4, 2000, 60, 40);
+    let valid = plan.iter().filter(|c| c.rejection.is_none()).count();
+    let env = worker_env(&settings, &[]);
+    let log = log_path("dblfault");
+    let rust_log = "warn,cxone_schedule_worker::pipeline::import=info";
+    let mut worker = WorkerProc::spawn(&env, &log, rust_log);
+    publisher.publish_all(&plan).await;
+
+    let mut rng = rand::rng();
+    let mut faults = 0;
+    for round in 0..3 {
+        let before = completed_count(&collector.seen.lock().unwrap());
+        if before >= valid {
+            break;
+        }
+        collector
+            .wait_until(
+                Duration::from_secs(60),
+                |s| completed_count(s) >= (before + valid / 10).min(valid),
+                |s| format!("round {round}: completed {}", completed_count(s)),
+            )
+            .await;
+        if all_settled(&plan, &collector.seen.lock().unwrap(), false) {
+            break;
+        }
+        let closed = close_connections_named(&settings.worker.instance_id).await;
+        assert!(
+            closed >= 1,
+            "round {round}: the worker's connection was closed"
+        );
+        // The second fault lands while the worker recovers: reconnecting,
+        // subscribing again or taking the redeliveries (a fault's timing,
+        // not a wait for a condition).
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..1500))).await;
+        assert!(worker.running(), "worker died: {}", worker.log_tail(20));
+        worker.kill9();
+        faults += 1;
+        worker = WorkerProc::spawn(&env, &log, rust_log);
+    }
+    wait_settled_and_drained(
+        &collector,
+        &plan,
+        &settings.amqp.inbound_queue,
+        false,
+        SETTLE,
+    )
+    .await;
+    worker.sigterm();
+    let status = worker.wait_exit(Duration::from_secs(40)).await.unwrap();
+    assert!(status.success(), "exit after SIGTERM: {status:?}");
+    assert_eq!(queue_state(&settings.amqp.inbound_queue).await.0, 0);
+    let report = verdict(&plan, &collector.seen.lock().unwrap(), &sim, false);
+    assert!(
+        faults >= 2,
+        "the run lasted for several double faults: {faults}"
+    );
+    println!(
+        "FAULT connection-loss-then-kill9: faults={faults} {report:?} sim={:?} elapsed={:?}",
+        sim.stats(),
+        started.elapsed()
+    );
+    publisher.close().await;
+    collector.cleanup().await;
+    sim.shutdown().await;
+}
+
 /// CXone misbehaves in every way at once: 20% 503s, a 429 storm with
 /// Retry-After, 5 s tokens, 2 s latency spikes, 5% FAILED jobs. Every change
 /// ends completed, or failed and dead-lettered; none is lost or retried forever.

@@ -39,12 +39,15 @@ use std::{
     collections::VecDeque,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
 
-use lapin::{Channel, options::BasicAckOptions};
+use lapin::{
+    Channel,
+    options::{BasicAckOptions, BasicQosOptions},
+};
 use tokio::time::Instant;
 
 use super::AmqpError;
@@ -113,6 +116,14 @@ pub struct AckTracker {
     settled_front: tokio::sync::watch::Sender<u64>,
     send: tokio::sync::Mutex<()>,
     flush_scheduled: AtomicBool,
+    /// The channel's prefetch, sent again as the barrier of
+    /// [`AckTracker::confirm_through`].
+    prefetch: u16,
+    /// The first tag not covered by acks the broker is known to have
+    /// processed: acks have no reply, so sent is not processed until a
+    /// synchronous method sent after them on the channel returns.
+    confirmed_front: AtomicU64,
+    barrier: tokio::sync::Mutex<()>,
 }
 
 /// Tags are per channel, consecutive from 1: `states[i]` is tag `base + i`.
@@ -485,11 +496,15 @@ fn advance(front: &tokio::sync::watch::Sender<u64>, to: u64) {
 }
 
 impl AckTracker {
-    /// A tracker for `channel`'s deliveries; `chunk` is `amqp.ack_chunk`,
-    /// `max_wait` is `batch.max_wait_ms` (what [`Pace`] keeps rounds within).
-    pub fn new(channel: Channel, chunk: u32, max_wait: Duration) -> AckTracker {
+    /// A tracker for `channel`'s deliveries; `prefetch` is the channel's
+    /// `basic.qos`, `chunk` is `amqp.ack_chunk`, `max_wait` is
+    /// `batch.max_wait_ms` (what [`Pace`] keeps rounds within).
+    pub fn new(channel: Channel, prefetch: u16, chunk: u32, max_wait: Duration) -> AckTracker {
         AckTracker {
             channel,
+            prefetch,
+            confirmed_front: AtomicU64::new(0),
+            barrier: tokio::sync::Mutex::new(()),
             state: parking_lot::Mutex::new(State {
                 pace: Pace::new(u64::from(chunk), max_wait),
                 ..State::default()
@@ -512,6 +527,49 @@ impl AckTracker {
     /// Whether every delivery up to `tag` was acked (the front passed it).
     pub fn acked_through(&self, tag: u64) -> bool {
         tag < *self.sent_front.borrow()
+    }
+
+    /// Whether the broker has processed acks covering every delivery up to
+    /// `tag` ([`AckTracker::confirm_through`]).
+    pub fn confirmed_through(&self, tag: u64) -> bool {
+        tag < self.confirmed_front.load(Ordering::Acquire)
+    }
+
+    /// Makes sure the broker processed the acks sent so far, if they cover
+    /// `tag`: a synchronous method on the channel after them (`basic.qos`
+    /// with the channel's own prefetch, which changes nothing) returns only
+    /// once the channel has handled every frame before it. One round trip
+    /// covers every ack sent before it, so concurrent callers share it.
+    ///
+    /// Why: a calendar's next import is posted only once its previous
+    /// batch can no longer be redelivered. An ack lost with its connection
+    /// (sent, not yet processed) lets the broker redeliver the older batch;
+    /// a worker that dies before settling that copy again leaves it to the
+    /// next worker, which imports the older change after the newer one, and
+    /// CXone replays the newer batch under its idempotency key instead of
+    /// applying it again (the double-fault test found that roster).
+    pub async fn confirm_through(&self, tag: u64) -> Result<bool, AmqpError> {
+        if self.confirmed_through(tag) {
+            return Ok(true);
+        }
+        let _one = self.barrier.lock().await;
+        if self.confirmed_through(tag) {
+            return Ok(true);
+        }
+        let sent = *self.sent_front.borrow();
+        if tag >= sent {
+            // Not acked yet: nothing to confirm.
+            return Ok(false);
+        }
+        self.channel
+            .basic_qos(self.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(|source| AmqpError::Channel {
+                op: "basic.qos (ack barrier)",
+                source,
+            })?;
+        self.confirmed_front.fetch_max(sent, Ordering::AcqRel);
+        Ok(true)
     }
 
     /// Whether the channel can still ack: once closed, the broker

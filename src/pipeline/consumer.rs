@@ -177,6 +177,7 @@ async fn subscribe(
         })?;
     let tracker = Arc::new(AckTracker::new(
         channel.clone(),
+        per_queue,
         cfg.amqp.ack_chunk,
         cfg.batch_max_wait,
     ));

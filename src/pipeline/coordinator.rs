@@ -746,7 +746,13 @@ impl Coordinator {
                     if self.previous.len() >= PREVIOUS_PRUNE_AT {
                         self.previous.retain(|_, a| !a.done());
                     }
-                    self.previous.insert(calendar_id.clone(), acked);
+                    match self.previous.get_mut(&calendar_id) {
+                        // Redelivered copies settled meanwhile (`add`) stay.
+                        Some(previous) => previous.merge(acked),
+                        None => {
+                            self.previous.insert(calendar_id.clone(), acked);
+                        }
+                    }
                 }
                 self.held = self.held.saturating_sub(deliveries);
                 for id in &change_ids {
@@ -776,6 +782,12 @@ impl Coordinator {
         if accepted.msg.redelivered && self.recent.contains(key) {
             metrics::counter!("csw_changes_redelivered_settled_total").increment(1);
             tracing::info!(change_id = %accepted.change.change_id, "redelivered change already imported and settled; acking it without importing again");
+            // The calendar's next import makes sure this ack reached the
+            // broker first, as it does for a previous batch's.
+            self.previous
+                .entry(accepted.change.calendar_id.clone())
+                .or_default()
+                .include(&accepted.msg.acks, accepted.msg.tag);
             tokio::spawn(async move {
                 super::ack_all([&accepted.msg]).await;
             });

@@ -128,6 +128,19 @@ async fn import(
     if let Some(previous) = batch.previous.take() {
         previous.ensure().await;
     }
+    // Deliveries whose channel closed come back from the broker, to this
+    // worker or another, and are imported then: importing them now as
+    // well could put this batch's changes on CXone after an older change
+    // of the calendar whose acks died with the same channel (the older one
+    // is imported again on its way back, and this batch, were it to come
+    // back the same, would be replayed, not applied).
+    if batch.shared.attached() == 0 && batch.changes.iter().all(|a| !a.msg.acks.is_open()) {
+        tracing::warn!(
+            "the broker channel of this batch's deliveries closed before its import; left for the broker to redeliver"
+        );
+        metrics::counter!("csw_imports_total", "outcome" => "abandoned").increment(1);
+        return None;
+    }
     let request_started = Instant::now();
     let submitted = match body {
         Ok(body) => Ok(ctx

@@ -299,16 +299,36 @@ const ACK_STALL: std::time::Duration = std::time::Duration::from_millis(100);
 /// Where a settled batch's deliveries end on each channel they came on: a
 /// calendar's next import first acks its channels through these tags
 /// ([`AckTracker::ack_through`] says why), which sends nothing when the
-/// coalesced acks already have.
+/// coalesced acks already have, and makes sure the broker processed them
+/// ([`AckTracker::confirm_through`]).
+#[derive(Default)]
 pub struct AckedThrough(Vec<(Arc<AckTracker>, u64)>);
 
 impl AckedThrough {
-    /// Whether nothing is left to ack: every channel's acks passed these
-    /// tags, or the channel closed (the broker redelivers its deliveries).
+    /// Whether nothing is left to make sure of: the broker processed acks
+    /// past these tags on every channel, or the channel closed (the broker
+    /// redelivers its deliveries, and their copies are added here when
+    /// they settle again: [`AckedThrough::include`]).
     pub fn done(&self) -> bool {
         self.0
             .iter()
-            .all(|(t, tag)| t.acked_through(*tag) || !t.is_open())
+            .all(|(t, tag)| t.confirmed_through(*tag) || !t.is_open())
+    }
+
+    /// Adds another batch's deliveries.
+    pub fn merge(&mut self, other: AckedThrough) {
+        for (tracker, tag) in &other.0 {
+            self.include(tracker, *tag);
+        }
+    }
+
+    /// Adds a delivery that settles with this batch: a redelivered copy of
+    /// one of its changes, acked without importing it again.
+    pub fn include(&mut self, tracker: &Arc<AckTracker>, tag: u64) {
+        match self.0.iter_mut().find(|(t, _)| Arc::ptr_eq(t, tracker)) {
+            Some((_, through)) => *through = (*through).max(tag),
+            None => self.0.push((tracker.clone(), tag)),
+        }
     }
 
     /// Acks what is still unacked up to these tags, after giving the
@@ -320,14 +340,27 @@ impl AckedThrough {
     /// remembers them as settled and acks them without importing them again.
     pub async fn ensure(&self) {
         for (tracker, tag) in &self.0 {
-            if tracker.acked_through(*tag) {
+            if tracker.confirmed_through(*tag) {
                 continue;
             }
-            tracker
-                .wait_settled_through(*tag, STRAGGLER_DELAY, ACK_STALL)
-                .await;
-            if let Err(e) = tracker.ack_through(*tag).await {
-                tracing::debug!(error = %e, "could not ack a previous batch of a closed channel before the next import");
+            if !tracker.acked_through(*tag) {
+                tracker
+                    .wait_settled_through(*tag, STRAGGLER_DELAY, ACK_STALL)
+                    .await;
+                if let Err(e) = tracker.ack_through(*tag).await {
+                    tracing::debug!(error = %e, "could not ack a previous batch of a closed channel before the next import");
+                    continue;
+                }
+            }
+            match tracker.confirm_through(*tag).await {
+                Ok(true) => {}
+                Ok(false) => tracing::debug!(
+                    tag,
+                    "a previous batch's delivery is not settled yet; the next import goes ahead"
+                ),
+                Err(e) => {
+                    tracing::debug!(error = %e, "could not confirm a previous batch's acks on a closed channel before the next import")
+                }
             }
         }
     }
