@@ -27,18 +27,12 @@ const SETTLE: Duration = Duration::from_secs(180);
 async fn kill9_every_few_seconds_loses_nothing() {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
-    let sim = sim(SimConfig {
-        job_base_ms: 50,
-        ..fast_sim()
-    })
-    .await;
-    let settings = settings(
-        "kill9",
-        &sim.base_url(),
-        &[("CSW__BATCH__MAX_ENTRIES", "50")],
-    );
-    let collector = Collector::start(&settings).await;
-    let publisher = Publisher::new(&settings).await;
+    let Scenario {
+        sim,
+        settings,
+        collector,
+        publisher,
+    } = Scenario::start("kill9", &[]).await;
     let plan = workload(1, 2500, 80, 40);
     let env = worker_env(&settings, &[]);
     let log = log_path("kill9");
@@ -85,9 +79,7 @@ async fn kill9_every_few_seconds_loses_nothing() {
         sim.stats(),
         started.elapsed()
     );
-    publisher.close().await;
-    collector.cleanup().await;
-    sim.shutdown().await;
+    finish_scenario(publisher, collector, sim).await;
 }
 
 /// A double fault: the worker's broker connection is closed under load,
@@ -98,18 +90,12 @@ async fn kill9_every_few_seconds_loses_nothing() {
 async fn connection_loss_then_kill9_loses_nothing() {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
-    let sim = sim(SimConfig {
-        job_base_ms: 50,
-        ..fast_sim()
-    })
-    .await;
-    let settings = settings(
-        "dblfault",
-        &sim.base_url(),
-        &[("CSW__BATCH__MAX_ENTRIES", "50")],
-    );
-    let collector = Collector::start(&settings).await;
-    let publisher = Publisher::new(&settings).await;
+    let Scenario {
+        sim,
+        settings,
+        collector,
+        publisher,
+    } = Scenario::start("dblfault", &[]).await;
     let plan = workload(4, 2000, 60, 40);
     let valid = plan.iter().filter(|c| c.rejection.is_none()).count();
     let env = worker_env(&settings, &[]);
@@ -171,9 +157,7 @@ async fn connection_loss_then_kill9_loses_nothing() {
         sim.stats(),
         started.elapsed()
     );
-    publisher.close().await;
-    collector.cleanup().await;
-    sim.shutdown().await;
+    finish_scenario(publisher, collector, sim).await;
 }
 
 /// CXone misbehaves in every way at once: 20% 503s, a 429 storm with
@@ -255,9 +239,7 @@ async fn cxone_faults_end_every_change_completed_or_failed() {
         "FAULT cxone: {report:?} sim={stats:?} elapsed={:?}",
         started.elapsed()
     );
-    publisher.close().await;
-    collector.cleanup().await;
-    sim.shutdown().await;
+    finish_scenario(publisher, collector, sim).await;
 }
 
 /// SIGTERM under load, twice: each time the worker exits 0 within
@@ -267,22 +249,13 @@ async fn cxone_faults_end_every_change_completed_or_failed() {
 async fn sigterm_under_load_exits_in_time_and_loses_nothing() {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
-    let sim = sim(SimConfig {
-        job_base_ms: 50,
-        ..fast_sim()
-    })
-    .await;
     let timeout_s = 6u64;
-    let settings = settings(
-        "sigterm-load",
-        &sim.base_url(),
-        &[
-            ("CSW__BATCH__MAX_ENTRIES", "50"),
-            ("CSW__SHUTDOWN__TIMEOUT_S", "6"),
-        ],
-    );
-    let collector = Collector::start(&settings).await;
-    let publisher = Publisher::new(&settings).await;
+    let Scenario {
+        sim,
+        settings,
+        collector,
+        publisher,
+    } = Scenario::start("sigterm-load", &[("CSW__SHUTDOWN__TIMEOUT_S", "6")]).await;
     let plan = workload(3, 2000, 50, 40);
     let env = worker_env(&settings, &[]);
     let log = log_path("sigterm-load");
@@ -346,9 +319,7 @@ async fn sigterm_under_load_exits_in_time_and_loses_nothing() {
         sim.stats(),
         started.elapsed()
     );
-    publisher.close().await;
-    collector.cleanup().await;
-    sim.shutdown().await;
+    finish_scenario(publisher, collector, sim).await;
 }
 
 /// What a hostile message must come to.
@@ -745,7 +716,5 @@ async fn hostile_input_is_rejected_without_crashing_or_bloating() {
         corpus.len(),
         started.elapsed()
     );
-    publisher.close().await;
-    collector.cleanup().await;
-    sim.shutdown().await;
+    finish_scenario(publisher, collector, sim).await;
 }

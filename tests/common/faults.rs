@@ -21,7 +21,11 @@ use std::{
     time::Duration,
 };
 
-use cxone_schedule_worker::{amqp, config::Settings, sim::SimServer};
+use cxone_schedule_worker::{
+    amqp,
+    config::Settings,
+    sim::{SimConfig, SimServer},
+};
 use futures_util::StreamExt;
 use lapin::{
     BasicProperties, Connection, ConnectionProperties,
@@ -33,7 +37,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{RosterModel, actual, amqp_url, at, broker, header};
+use super::{RosterModel, actual, amqp_url, at, broker, fast_sim, header, settings, sim};
 
 /// What kind of invalid change a planned change is, and the code it must get.
 pub const INVALID_KINDS: [(&str, &str); 4] = [
@@ -42,6 +46,45 @@ pub const INVALID_KINDS: [(&str, &str); 4] = [
     ("no-agent", "MISSING_FIELD"),
     ("bad-date", "INVALID_DATETIME"),
 ];
+
+/// What a scenario under load starts from: a simulator whose jobs take
+/// 50 ms, settings named after the scenario with batches of at most 50
+/// changes (and `extra`), the event collector and a publisher.
+pub struct Scenario {
+    pub sim: SimServer,
+    pub settings: Settings,
+    pub collector: Collector,
+    pub publisher: Publisher,
+}
+
+impl Scenario {
+    pub async fn start(name: &str, extra: &[(&str, &str)]) -> Scenario {
+        let sim = sim(SimConfig {
+            job_base_ms: 50,
+            ..fast_sim()
+        })
+        .await;
+        let mut env = vec![("CSW__BATCH__MAX_ENTRIES", "50")];
+        env.extend_from_slice(extra);
+        let settings = settings(name, &sim.base_url(), &env);
+        let collector = Collector::start(&settings).await;
+        let publisher = Publisher::new(&settings).await;
+        Scenario {
+            sim,
+            settings,
+            collector,
+            publisher,
+        }
+    }
+}
+
+/// The end of a scenario: the publisher closed, the collector's queues
+/// deleted, the simulator stopped.
+pub async fn finish_scenario(publisher: Publisher, collector: Collector, sim: SimServer) {
+    publisher.close().await;
+    collector.cleanup().await;
+    sim.shutdown().await;
+}
 
 /// One change of a workload, in publish order.
 #[derive(Clone, Debug)]
