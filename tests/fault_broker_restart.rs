@@ -14,8 +14,6 @@ use common::{fast_sim, faults::*, settings, sim};
 use cxone_schedule_worker::sim::SimConfig;
 use tokio::time::Instant;
 
-const SETTLE: Duration = Duration::from_secs(180);
-
 /// Starts the broker's application again on drop, so a failing test never
 /// leaves the broker stopped for the test binaries after it.
 struct BrokerGuard;

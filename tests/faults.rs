@@ -18,9 +18,6 @@ use tokio::time::Instant;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Generous: a scenario normally settles in well under a minute.
-const SETTLE: Duration = Duration::from_secs(180);
-
 /// kill -9 every 2.5–3.5 s, restarting the worker each time: nothing lost,
 /// the roster exact, redelivery re-imports counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,19 +57,7 @@ async fn kill9_every_few_seconds_loses_nothing() {
         kills += 1;
         worker = WorkerProc::spawn(&env, &log, rust_log);
     }
-    wait_settled_and_drained(
-        &collector,
-        &plan,
-        &settings.amqp.inbound_queue,
-        false,
-        SETTLE,
-    )
-    .await;
-    worker.sigterm();
-    let status = worker.wait_exit(Duration::from_secs(40)).await.unwrap();
-    assert!(status.success(), "exit after SIGTERM: {status:?}");
-    assert_eq!(queue_state(&settings.amqp.inbound_queue).await.0, 0);
-    let report = verdict(&plan, &collector.seen.lock().unwrap(), &sim, false);
+    let report = stop_and_judge(worker, &collector, &plan, &settings, &sim).await;
     assert!(kills >= 3, "the run lasted for several kills: {kills}");
     println!(
         "FAULT kill9: kills={kills} {report:?} sim={:?} elapsed={:?}",
@@ -135,19 +120,7 @@ async fn connection_loss_then_kill9_loses_nothing() {
         faults += 1;
         worker = WorkerProc::spawn(&env, &log, rust_log);
     }
-    wait_settled_and_drained(
-        &collector,
-        &plan,
-        &settings.amqp.inbound_queue,
-        false,
-        SETTLE,
-    )
-    .await;
-    worker.sigterm();
-    let status = worker.wait_exit(Duration::from_secs(40)).await.unwrap();
-    assert!(status.success(), "exit after SIGTERM: {status:?}");
-    assert_eq!(queue_state(&settings.amqp.inbound_queue).await.0, 0);
-    let report = verdict(&plan, &collector.seen.lock().unwrap(), &sim, false);
+    let report = stop_and_judge(worker, &collector, &plan, &settings, &sim).await;
     assert!(
         faults >= 2,
         "the run lasted for several double faults: {faults}"

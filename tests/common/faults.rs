@@ -86,6 +86,27 @@ pub async fn finish_scenario(publisher: Publisher, collector: Collector, sim: Si
     sim.shutdown().await;
 }
 
+/// The end of a run without injected failures: every change settled and
+/// the inbound queue drained, then SIGTERM (exit 0, nothing left in the
+/// queue) and the exact verdict.
+pub async fn stop_and_judge(
+    mut worker: WorkerProc,
+    collector: &Collector,
+    plan: &[Planned],
+    settings: &Settings,
+    sim: &SimServer,
+) -> Report {
+    wait_settled_and_drained(collector, plan, &settings.amqp.inbound_queue, false, SETTLE).await;
+    worker.sigterm();
+    let status = worker.wait_exit(Duration::from_secs(40)).await.unwrap();
+    assert!(status.success(), "exit after SIGTERM: {status:?}");
+    assert_eq!(queue_state(&settings.amqp.inbound_queue).await.0, 0);
+    verdict(plan, &collector.seen.lock().unwrap(), sim, false)
+}
+
+/// How long a scenario may take to settle; normally well under a minute.
+pub const SETTLE: Duration = Duration::from_secs(180);
+
 /// One change of a workload, in publish order.
 #[derive(Clone, Debug)]
 pub struct Planned {
