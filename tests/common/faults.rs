@@ -370,27 +370,16 @@ impl Collector {
         let _ = self.task.await;
         let conn = broker().await;
         let ch = conn.create_channel().await.unwrap();
-        let a = &self.settings.amqp;
-        for q in [
-            &a.inbound_queue,
-            &a.dead_letter_queue,
-            &a.unrouted_events_queue,
-            &self.events_queue,
-        ] {
-            let _ = ch
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        for e in [
-            &a.inbound_exchange,
-            &a.dead_letter_exchange,
-            &a.events_exchange,
-            &a.unrouted_events_queue,
-        ] {
-            let _ = ch
-                .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
-        }
+        // Everything the worker declares (the webhook relay exchange
+        // included, which a list of our own once missed), then the
+        // collector's queue.
+        amqp::delete_topology(&ch, &self.settings.amqp).await;
+        let _ = ch
+            .queue_delete(
+                self.events_queue.as_str().into(),
+                QueueDeleteOptions::default(),
+            )
+            .await;
         let _ = conn.close(200, "bye".into()).await;
     }
 }
