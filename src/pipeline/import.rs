@@ -92,7 +92,6 @@ async fn import(
     change_ids: &[String],
 ) -> Option<AckedThrough> {
     let batch_id = batch_id(&batch.calendar_id, change_ids);
-    let body = batch.import_body(&ctx.parse);
     let calendar_id = batch.calendar_id.as_str();
     tracing::Span::current().record("batch_id", batch_id.as_str());
     let started = batch
@@ -141,6 +140,7 @@ async fn import(
         metrics::counter!("csw_imports_total", "outcome" => "abandoned").increment(1);
         return None;
     }
+    let body = batch.import_body(&ctx.parse);
     let request_started = Instant::now();
     let submitted = match body {
         Ok(body) => Ok(ctx
