@@ -5,10 +5,10 @@
 //! broker for a delivery of the dead channel (lapin poisons those ackers) and
 //! the broker redelivers them, as CONTRACT section 4 requires.
 
-mod acks;
+mod ack;
 mod topology;
 
-pub use acks::{AckTracker, MULTIPLE_ACK_CHUNK, STRAGGLER_DELAY};
+pub use ack::{AckTracker, MULTIPLE_ACK_CHUNK, STRAGGLER_DELAY};
 pub use topology::{
     declare_topology, delete_topology, members_exchange_name, partition_exchange_name,
     partition_queue_name, webhook_relay_exchange_name,
