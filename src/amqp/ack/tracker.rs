@@ -1,42 +1,13 @@
-//! Acks for one consumer channel, coalesced into `multiple` acks.
+//! The I/O side of acks: [`AckTracker`] owns one consumer channel's
+//! [`Ledger`] and [`Pace`], sends the acks they pick on the lapin channel,
+//! ticks for stragglers and tells waiters how far acks have gone.
 //!
-//! Batches hold deliveries of many calendars, so the deliveries one batch
-//! settles are rarely contiguous on the channel: acking each of them alone
-//! costs a frame per message and, on a quorum queue, a Raft command per
-//! frame. Instead, settled deliveries are held: the settled run at the front
-//! of the channel (every delivery up to it settled) goes out as one
-//! `multiple` ack at once, unless it is short beside what is held behind it
-//! ([`SHORT_FRONT_RATIO`] says why). Settled deliveries stuck behind an unsettled one
-//! ("stragglers") are acked one by one after one to two [`STRAGGLER_DELAY`]s
-//! (a tick ages fresh stragglers and acks the aged ones), but at most
-//! [`SINGLES_PER_TICK`] a tick, oldest first, unless the front itself is
-//! stuck (it has not moved for [`FRONT_STILL_TICKS`] ticks): then all of
-//! them go, so they return their prefetch credit when one calendar's batch
-//! is stuck in retries.
-//! [`AckTracker::flush`] acks every settled delivery at once (shutdown,
-//! handing a partition over).
-//!
-//! Why not sooner: single acks on a quorum queue cost the broker a Raft
-//! command each; measured on the benchmark's broker, acking 50,000 deliveries
-//! one by one stalled deliveries for 10-40 s, while the front of a draining
-//! queue catches up with nearly every straggler within a second or two.
-//!
-//! Why the cap: with no cap, a round of the benchmark that ran a little
-//! long sent thousands of single acks, which slowed the next round further
-//! (4,242 single acks and 1.7 times the broker CPU in such a run). Why not
-//! longer: a settled delivery left unacked is one a crash redelivers and the
-//! next worker imports again. That is harmless on its own, but not after a
-//! newer batch of its calendar was imported: [`AckTracker::ack_through`]
-//! says why, and a calendar's next import acks its previous batch first.
-//!
-//! A long settled front goes as one `multiple` ack, or, once the broker has
-//! shown it is quick enough, as several of at most `amqp.ack_chunk`
-//! deliveries, so that it settles the front in pieces and starts delivering
-//! again after the first: [`Pace`] decides, from how long the broker took
-//! to refill earlier fronts.
+//! It follows three fronts, each the first tag past a run every tag before
+//! which has reached a step: settled (`settled_front`), covered by acks
+//! sent (`sent_front`), and covered by acks the broker is known to have
+//! processed (`confirmed_front`, [`AckTracker::confirm_through`]).
 
 use std::{
-    collections::VecDeque,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -50,52 +21,15 @@ use lapin::{
 };
 use tokio::time::Instant;
 
-use super::AmqpError;
+use super::{
+    ledger::Ledger,
+    pace::{Pace, Probed},
+};
+use crate::amqp::AmqpError;
 
 /// How long a settled delivery may wait for the front to cover it before it
 /// is acked alone. Acks only return prefetch credit; events are already out.
 pub const STRAGGLER_DELAY: Duration = Duration::from_millis(750);
-
-/// Most stragglers acked alone per tick while the front moves: a bounded
-/// cost to the broker (each is a Raft command on a quorum queue), and the
-/// oldest ones, which are the likeliest to be redelivered, go first.
-pub const SINGLES_PER_TICK: usize = 64;
-
-/// Ticks the front must stay where it is before every aged straggler goes
-/// alone, past [`SINGLES_PER_TICK`] (3 s): longer than a round of batches
-/// takes at the default `batch.max_wait_ms`, shorter than the backoff of a
-/// batch stuck in retries soon becomes.
-pub const FRONT_STILL_TICKS: u32 = 4;
-
-/// Most deliveries one `multiple` ack covers by default (`amqp.ack_chunk`):
-/// a longer settled front goes as several, so a quorum queue settles it in
-/// pieces and delivers again after the first instead of after all (a
-/// 50,000-delivery ack is one Raft command the queue must apply before it
-/// hands out the credit it returns). On a slow broker the deliveries after
-/// the first piece can start the next round's batch clocks long before the
-/// rest of the round arrives, so chunks are used only where [`Pace`] finds
-/// the broker quick enough for them.
-pub const MULTIPLE_ACK_CHUNK: u64 = 5000;
-
-/// A settled front shorter than 1/64 of the deliveries held behind it is
-/// not acked at once: it waits for a later settle to lengthen it, or for
-/// the next straggler tick (at most [`STRAGGLER_DELAY`]). Returning that
-/// little credit early gains the broker almost nothing, but it lets the
-/// broker hand out a few deliveries of every calendar while the rest of
-/// the window is still being imported, and those start the next batches'
-/// `batch.max_wait_ms` clocks before the bulk of their changes can arrive:
-/// when many calendars interleave, a round's first import to finish used to
-/// start the next round's clocks, and a slow round then closed its batches
-/// by age, part full, instead of full.
-pub const SHORT_FRONT_RATIO: usize = 64;
-
-const UNSETTLED: u8 = 0;
-/// Settled (its event and dead-letter copies are confirmed), not acked yet.
-const SETTLED: u8 = 1;
-/// Acked on its own; leaves when the front passes it.
-const ACKED: u8 = 2;
-/// Settled and still behind the front at the last straggler tick.
-const AGED: u8 = 3;
 
 /// Tracks every delivery of one channel from receipt to ack.
 ///
@@ -126,174 +60,13 @@ pub struct AckTracker {
     barrier: tokio::sync::Mutex<()>,
 }
 
-/// Tags are per channel, consecutive from 1: `states[i]` is tag `base + i`.
+/// What the tracker's synchronous lock guards: the ledger of the channel's
+/// deliveries and the pace its fronts are acked at.
 #[derive(Default)]
 struct State {
-    base: u64,
-    states: VecDeque<u8>,
-    stragglers: usize,
-    /// The front moved since the last straggler tick.
-    front_moved: bool,
-    /// Consecutive ticks the front did not move.
-    still_ticks: u32,
+    ledger: Ledger,
     /// How many tags one `multiple` ack covers.
     pace: Pace,
-}
-
-/// A front at least this many chunks long is a probe of the broker's pace
-/// ([`Pace`]): shorter ones are not rounds of a saturated drain, and the
-/// broker's time to refill them says little.
-pub const PACE_PROBE_CHUNKS: u64 = 4;
-
-/// Whole fronts go in chunks once the spread a chunked refill would have
-/// had is under this fraction of `batch.max_wait_ms` ([`Pace`]).
-pub const CHUNKED_BELOW: f64 = 0.75;
-
-/// Chunked fronts go whole again once a chunked refill's deliveries spread
-/// over more than this fraction of `batch.max_wait_ms`.
-pub const WHOLE_ABOVE: f64 = 0.9;
-
-/// Whether a long settled front goes as `multiple` acks of at most
-/// `amqp.ack_chunk` deliveries ("chunked"), or as one ("whole").
-///
-/// Chunks let a quorum queue deliver again after settling the first one,
-/// but it then interleaves those deliveries with settling the rest, so the
-/// credit a long front returns comes back spread over the settle *and* the
-/// deliveries. Every batch clock starts at its first change: when those
-/// deliveries spread over more than `batch.max_wait_ms`, a round of a
-/// saturated drain closes its batches by age, part full, and falls out of
-/// step (more imports, a tail that waits out its clock), and it stays out
-/// of step for the rest of the backlog (docs/benchmarks.md, seventh and
-/// eighth rounds). A whole front makes the broker settle it all first and
-/// then deliver in one run. Where chunks keep the rounds in step they are
-/// faster, though: the broker's one long settle costs more than its pieces.
-///
-/// So the pace starts whole, the safe side, and each long front (at least
-/// [`PACE_PROBE_CHUNKS`] chunks) probes the broker: how long it took to
-/// settle before delivering again, and over how long the deliveries of the
-/// refill (as many as were acked) then spread. A whole refill tells what a
-/// chunked one would spread over: the settle of all but the first chunk
-/// plus the same deliveries. Under [`CHUNKED_BELOW`] of
-/// `batch.max_wait_ms`, fronts go in chunks; a chunked refill that spreads
-/// over more than [`WHOLE_ABOVE`] of it sends them back to whole. The gap
-/// between the two keeps the pace from flapping on a noisy broker.
-struct Pace {
-    /// `amqp.ack_chunk`; 0 = always whole, never probed.
-    chunk: u64,
-    max_wait: Duration,
-    whole: bool,
-    probe: Option<Probe>,
-}
-
-impl Default for Pace {
-    /// No chunks: every front whole (what `State::default()` tests use).
-    fn default() -> Pace {
-        Pace::new(0, Duration::ZERO)
-    }
-}
-
-/// One front's refill being timed.
-struct Probe {
-    sent_at: Instant,
-    first_at: Option<Instant>,
-    acked: u64,
-    /// Deliveries still to come before the refill is complete.
-    left: u64,
-}
-
-/// What a completed probe found.
-#[derive(Debug, PartialEq, Eq)]
-struct Probed {
-    /// Whether the front went whole.
-    was_whole: bool,
-    /// From the ack to the refill's first delivery: the broker settling
-    /// (the whole front, or the first chunk).
-    settled: Duration,
-    /// From the refill's first delivery to its last.
-    spread: Duration,
-    /// What a chunked refill spread over, or would have.
-    chunked_spread: Duration,
-    /// Whether fronts go whole from now on.
-    whole: bool,
-}
-
-impl Probed {
-    fn switched(&self) -> bool {
-        self.was_whole != self.whole
-    }
-}
-
-impl Pace {
-    fn new(chunk: u64, max_wait: Duration) -> Pace {
-        Pace {
-            chunk,
-            max_wait,
-            whole: true,
-            probe: None,
-        }
-    }
-
-    /// Most tags one `multiple` ack covers now.
-    fn chunk(&self) -> u64 {
-        if self.chunk == 0 || self.whole {
-            u64::MAX
-        } else {
-            self.chunk
-        }
-    }
-
-    /// A front of `acked` tags went out at `now`: a long one starts a probe
-    /// (replacing one whose refill never completed: the queue ran short).
-    fn sent(&mut self, acked: u64, now: Instant) {
-        if self.chunk > 0 && acked >= PACE_PROBE_CHUNKS.saturating_mul(self.chunk) {
-            self.probe = Some(Probe {
-                sent_at: now,
-                first_at: None,
-                acked,
-                left: acked,
-            });
-        }
-    }
-
-    /// A delivery arrived (`now` is read only while a probe runs); a probe
-    /// it completes is returned.
-    fn delivered(&mut self, now: impl FnOnce() -> Instant) -> Option<Probed> {
-        let probe = self.probe.as_mut()?;
-        probe.left -= 1;
-        if probe.first_at.is_some() && probe.left > 0 {
-            return None;
-        }
-        let now = now();
-        let first = *probe.first_at.get_or_insert(now);
-        if probe.left > 0 {
-            return None;
-        }
-        let settled = first - probe.sent_at;
-        let spread = now - first;
-        let acked = probe.acked;
-        self.probe = None;
-        let was_whole = self.whole;
-        let chunked_spread = if was_whole {
-            // The chunks after the first would be settled between the
-            // deliveries.
-            let rest = acked.saturating_sub(self.chunk) as f64 / acked as f64;
-            settled.mul_f64(rest) + spread
-        } else {
-            spread
-        };
-        self.whole = if was_whole {
-            chunked_spread >= self.max_wait.mul_f64(CHUNKED_BELOW)
-        } else {
-            chunked_spread > self.max_wait.mul_f64(WHOLE_ABOVE)
-        };
-        Some(Probed {
-            was_whole,
-            settled,
-            spread,
-            chunked_spread,
-            whole: self.whole,
-        })
-    }
 }
 
 /// What to send, decided under the state lock.
@@ -314,175 +87,29 @@ impl State {
     /// Records a delivery; a probe of the pace it completes is returned.
     fn register_at(&mut self, tag: u64, now: impl FnOnce() -> Instant) -> Option<Probed> {
         let probed = self.pace.delivered(now);
-        self.push(tag);
+        self.ledger.register(tag);
         probed
-    }
-
-    fn push(&mut self, tag: u64) {
-        if self.states.is_empty() && self.base == 0 {
-            self.base = tag;
-        }
-        let end = self.base + self.states.len() as u64;
-        if tag < end {
-            return;
-        }
-        if self.states.is_empty() {
-            self.base = tag;
-        } else {
-            // A tag never handed to us (cannot happen with one consumer per
-            // channel) stays unsettled: a `multiple` ack must never cover it.
-            for _ in end..tag {
-                self.states.push_back(UNSETTLED);
-            }
-        }
-        self.states.push_back(UNSETTLED);
-    }
-
-    fn mark(&mut self, tags: &[u64]) {
-        for &tag in tags {
-            if tag < self.base {
-                continue;
-            }
-            if let Some(s) = self.states.get_mut((tag - self.base) as usize)
-                && *s == UNSETTLED
-            {
-                *s = SETTLED;
-                self.stragglers += 1;
-            }
-        }
-    }
-
-    /// Pops the settled front; the highest popped tag not yet acked is the
-    /// `multiple` ack that covers the run (tags acked alone are no longer
-    /// outstanding, so covering them again is harmless).
-    #[cfg(test)]
-    fn take_front(&mut self) -> Option<u64> {
-        self.take_front_chunked(u64::MAX).pop()
-    }
-
-    /// Pops the settled front as `multiple` acks of at most about `chunk`
-    /// tags each, ascending; each ack is at a tag not acked before.
-    fn take_front_chunked(&mut self, chunk: u64) -> Vec<u64> {
-        let mut acks = Vec::new();
-        let mut last = None;
-        let mut since = 0u64;
-        while let Some(&s) = self.states.front() {
-            if s == UNSETTLED {
-                break;
-            }
-            if s == SETTLED || s == AGED {
-                last = Some(self.base);
-                self.stragglers -= 1;
-            }
-            self.states.pop_front();
-            self.base += 1;
-            self.front_moved = true;
-            since += 1;
-            if since >= chunk
-                && let Some(tag) = last.take()
-            {
-                acks.push(tag);
-                since = 0;
-            }
-        }
-        acks.extend(last);
-        acks
     }
 
     /// What to send: the settled front as `multiple` acks, then the single
     /// acks `singles` picks from behind it. (Tags acked alone that are at
     /// the front then leave; nothing settled can follow them there, since
     /// the front stopped at an unsettled tag.)
-    fn decide(&mut self, singles: impl FnOnce(&mut State) -> Vec<u64>) -> Decision {
+    fn decide(&mut self, singles: impl FnOnce(&mut Ledger) -> Vec<u64>) -> Decision {
         let chunk = self.pace.chunk();
-        let from = self.base;
-        let multiples = self.take_front_chunked(chunk);
+        let from = self.ledger.first_held();
+        let multiples = self.ledger.take_front_chunked(chunk);
         if !multiples.is_empty() {
-            self.pace.sent(self.base - from, Instant::now());
+            self.pace
+                .sent(self.ledger.first_held() - from, Instant::now());
         }
-        let singles = singles(self);
-        self.take_front_chunked(chunk);
+        let singles = singles(&mut self.ledger);
+        self.ledger.take_front_chunked(chunk);
         Decision {
             multiples,
             singles,
-            front: self.base,
+            front: self.ledger.first_held(),
         }
-    }
-
-    /// Whether the settled front is shorter than 1/[`SHORT_FRONT_RATIO`] of
-    /// the deliveries held behind it (and so waits for more or for a tick).
-    /// If so, the first tag not settled.
-    fn short_front(&self) -> Option<u64> {
-        // run ≤ len / (ratio + 1) means ratio × run ≤ what is behind it; only
-        // that many states need looking at.
-        let limit = self.states.len() / (SHORT_FRONT_RATIO + 1);
-        let run = self
-            .states
-            .iter()
-            .take(limit + 1)
-            .take_while(|&&s| s != UNSETTLED)
-            .count();
-        (run > 0 && run <= limit).then(|| self.base + run as u64)
-    }
-
-    /// Every straggler, to be acked alone now.
-    fn take_stragglers(&mut self) -> Vec<u64> {
-        self.take_stragglers_through(u64::MAX)
-    }
-
-    /// Every straggler up to `tag`, to be acked alone now.
-    fn take_stragglers_through(&mut self, tag: u64) -> Vec<u64> {
-        let mut singles = Vec::new();
-        if self.stragglers == 0 || tag < self.base {
-            return singles;
-        }
-        let upto = usize::try_from(tag - self.base).map_or(self.states.len(), |n| {
-            n.saturating_add(1).min(self.states.len())
-        });
-        for (i, s) in self.states.range_mut(..upto).enumerate() {
-            if *s == SETTLED || *s == AGED {
-                *s = ACKED;
-                singles.push(self.base + i as u64);
-            }
-        }
-        self.stragglers -= singles.len();
-        singles
-    }
-
-    /// A straggler tick: fresh stragglers age; aged ones are acked alone,
-    /// oldest first, up to [`SINGLES_PER_TICK`] unless the front has been
-    /// still for [`FRONT_STILL_TICKS`] ticks.
-    fn take_aged(&mut self) -> Vec<u64> {
-        if std::mem::take(&mut self.front_moved) {
-            self.still_ticks = 0;
-        } else {
-            self.still_ticks = self.still_ticks.saturating_add(1);
-        }
-        let mut singles = Vec::new();
-        if self.stragglers == 0 {
-            return singles;
-        }
-        let budget = if self.still_ticks >= FRONT_STILL_TICKS {
-            usize::MAX
-        } else {
-            SINGLES_PER_TICK
-        };
-        for (i, s) in self.states.iter_mut().enumerate() {
-            match *s {
-                AGED if singles.len() < budget => {
-                    *s = ACKED;
-                    singles.push(self.base + i as u64);
-                }
-                SETTLED => *s = AGED,
-                _ => {}
-            }
-        }
-        self.stragglers -= singles.len();
-        singles
-    }
-
-    fn outstanding(&self) -> usize {
-        self.states.iter().filter(|&&s| s != ACKED).count()
     }
 }
 
@@ -547,7 +174,8 @@ impl AckTracker {
     /// a worker that dies before settling that copy again leaves it to the
     /// next worker, which imports the older change after the newer one, and
     /// CXone replays the newer batch under its idempotency key instead of
-    /// applying it again (the double-fault test found that roster).
+    /// applying it again
+    /// (`connection_loss_then_kill9_loses_nothing` checks this).
     pub async fn confirm_through(&self, tag: u64) -> Result<bool, AmqpError> {
         if self.confirmed_through(tag) {
             return Ok(true);
@@ -605,7 +233,7 @@ impl AckTracker {
 
     /// Deliveries held on this channel and not acked yet.
     pub fn outstanding(&self) -> usize {
-        self.state.lock().outstanding()
+        self.state.lock().ledger.outstanding()
     }
 
     /// Marks deliveries settled and acks the settled front in one `multiple`
@@ -617,18 +245,18 @@ impl AckTracker {
         let _send = self.send.lock().await;
         let (decision, stragglers) = {
             let mut st = self.state.lock();
-            st.mark(tags);
-            let decision = match st.short_front() {
+            st.ledger.mark_settled(tags);
+            let decision = match st.ledger.short_front() {
                 Some(settled) => {
                     self.note_settled_front(settled);
                     Decision {
-                        front: st.base,
+                        front: st.ledger.first_held(),
                         ..Decision::default()
                     }
                 }
                 None => st.decide(|_| Vec::new()),
             };
-            (decision, st.stragglers)
+            (decision, st.ledger.stragglers())
         };
         if stragglers > 0 && !self.flush_scheduled.swap(true, Ordering::AcqRel) {
             tokio::spawn(straggler_ticks(self.clone()));
@@ -641,7 +269,7 @@ impl AckTracker {
         let _send = self.send.lock().await;
         let (decision, left) = {
             let mut st = self.state.lock();
-            (st.decide(State::take_aged), st.stragglers)
+            (st.decide(Ledger::take_aged), st.ledger.stragglers())
         };
         self.send_acks(decision).await?;
         Ok(left > 0)
@@ -657,12 +285,12 @@ impl AckTracker {
     /// crash and imported again, and if the next batch was already imported
     /// and comes back as the same batch, CXone replays it under its
     /// idempotency key instead of applying it, so the older change would end
-    /// up applied last (the kill -9 test caught that roster).
+    /// up applied last (`kill9_every_few_seconds_loses_nothing` checks this).
     pub async fn ack_through(&self, tag: u64) -> Result<(), AmqpError> {
         let _send = self.send.lock().await;
         let decision = {
             let mut st = self.state.lock();
-            if tag < st.base {
+            if tag < st.ledger.first_held() {
                 return Ok(());
             }
             st.decide(|st| st.take_stragglers_through(tag))
@@ -674,7 +302,7 @@ impl AckTracker {
     /// rest one by one.
     pub async fn flush(&self) -> Result<(), AmqpError> {
         let _send = self.send.lock().await;
-        let decision = self.state.lock().decide(State::take_stragglers);
+        let decision = self.state.lock().decide(Ledger::take_stragglers);
         self.send_acks(decision).await
     }
 
@@ -774,7 +402,7 @@ async fn straggler_ticks(tracker: Arc<AckTracker>) {
         }
         tracker.flush_scheduled.store(false, Ordering::Release);
         // A straggler that arrived between the tick and the store: tick on.
-        if tracker.state.lock().stragglers == 0
+        if tracker.state.lock().ledger.stragglers() == 0
             || tracker.flush_scheduled.swap(true, Ordering::AcqRel)
         {
             return;
@@ -785,6 +413,7 @@ async fn straggler_ticks(tracker: Arc<AckTracker>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::amqp::ack::pace::{MULTIPLE_ACK_CHUNK, PACE_PROBE_CHUNKS};
 
     fn state(tags: std::ops::RangeInclusive<u64>) -> State {
         let mut s = State::default();
@@ -799,20 +428,17 @@ mod tests {
         let long = 2 * MULTIPLE_ACK_CHUNK + 100;
         let all: Vec<u64> = (1..=long).collect();
         let mut chunked = State {
-            pace: Pace {
-                whole: false,
-                ..Pace::new(MULTIPLE_ACK_CHUNK, Duration::from_secs(1))
-            },
+            pace: Pace::chunked(MULTIPLE_ACK_CHUNK, Duration::from_secs(1)),
             ..state(1..=long)
         };
-        chunked.mark(&all);
+        chunked.ledger.mark_settled(&all);
         let d = chunked.decide(|_| Vec::new());
         assert_eq!(
             d.multiples,
             vec![MULTIPLE_ACK_CHUNK, 2 * MULTIPLE_ACK_CHUNK, long]
         );
         let mut whole = state(1..=long);
-        whole.mark(&all);
+        whole.ledger.mark_settled(&all);
         let d = whole.decide(|_| Vec::new());
         assert_eq!(d.multiples, vec![long], "amqp.ack_chunk = 0: one ack");
         assert_eq!(d.front, long + 1);
@@ -820,8 +446,8 @@ mod tests {
 
     /// Settles every tag held and acks the front; the multiple acks sent.
     fn ack_all(s: &mut State) -> Vec<u64> {
-        let held: Vec<u64> = (s.base..s.base + s.states.len() as u64).collect();
-        s.mark(&held);
+        let held: Vec<u64> = (s.ledger.first_held()..s.ledger.end()).collect();
+        s.ledger.mark_settled(&held);
         s.decide(|_| Vec::new()).multiples
     }
 
@@ -829,7 +455,7 @@ mod tests {
     /// `last` after now; what the probes they completed found.
     fn refill(s: &mut State, n: u64, first: Duration, last: Duration) -> Vec<Probed> {
         let t0 = Instant::now();
-        let start = s.base + s.states.len() as u64;
+        let start = s.ledger.end();
         (start..start + n)
             .filter_map(|tag| {
                 let at = if tag == start { first } else { last };
@@ -911,168 +537,6 @@ mod tests {
         };
         assert_eq!(ack_all(&mut s), vec![1000]);
         assert_eq!(refill(&mut s, 1000, slow.0, slow.1), []);
-        assert!(s.pace.probe.is_none());
-    }
-
-    #[test]
-    fn the_settled_front_goes_as_one_multiple_ack() {
-        let mut s = state(1..=5);
-        s.mark(&[2, 1, 3]);
-        assert_eq!(s.take_front(), Some(3));
-        assert_eq!(s.outstanding(), 2);
-        assert_eq!(s.take_front(), None);
-    }
-
-    #[test]
-    fn stragglers_wait_for_the_front_or_go_alone() {
-        let mut s = state(1..=6);
-        s.mark(&[2, 4]);
-        assert_eq!(s.take_front(), None, "tag 1 is unsettled");
-        assert_eq!(s.stragglers, 2);
-        // The flush acks them alone...
-        assert_eq!(s.take_stragglers(), vec![2, 4]);
-        assert_eq!(s.outstanding(), 4);
-        // ...and a later multiple ack is at a tag never acked before.
-        s.mark(&[1, 3, 5]);
-        assert_eq!(s.take_front(), Some(5));
-        assert_eq!(s.outstanding(), 1);
-        // Tag 4 was acked alone: the front passes it without acking it again.
-        s.mark(&[6]);
-        assert_eq!(s.take_front(), Some(6));
-        assert_eq!(s.outstanding(), 0);
-    }
-
-    #[test]
-    fn a_front_of_only_acked_singles_sends_nothing() {
-        let mut s = state(1..=3);
-        s.mark(&[2, 3]);
-        assert_eq!(s.take_stragglers(), vec![2, 3]);
-        s.mark(&[1]);
-        // 1 is settled, 2 and 3 were acked alone: only 1 is acked, as multiple.
-        assert_eq!(s.take_front(), Some(1));
-        assert!(s.states.is_empty());
-    }
-
-    #[test]
-    fn settling_twice_or_unknown_tags_is_harmless() {
-        let mut s = state(10..=12);
-        s.mark(&[10, 10, 99, 3]);
-        assert_eq!(s.stragglers, 1);
-        assert_eq!(s.take_front(), Some(10));
-        s.mark(&[10]);
-        assert_eq!(s.take_front(), None);
-        assert_eq!(s.outstanding(), 2);
-    }
-
-    #[test]
-    fn stragglers_are_acked_alone_only_on_their_second_tick() {
-        let mut s = state(1..=4);
-        s.mark(&[2]);
-        assert!(s.take_aged().is_empty(), "first tick: 2 ages");
-        s.mark(&[3]);
-        assert_eq!(s.take_aged(), vec![2], "second tick: 2 goes, 3 ages");
-        s.mark(&[1]);
-        // The front covers 1 (and 3, aged but not acked), passing 2.
-        assert_eq!(s.take_front(), Some(3));
-        assert_eq!(s.stragglers, 0);
-        assert_eq!(s.outstanding(), 1);
-    }
-
-    #[test]
-    fn a_moving_front_caps_single_acks_a_stuck_one_releases_all() {
-        let n = 5 * SINGLES_PER_TICK as u64;
-        let mut s = state(1..=n + 2);
-        s.mark(&(3..=n + 2).collect::<Vec<_>>());
-        s.mark(&[1]);
-        assert_eq!(s.take_front(), Some(1), "the front moves");
-        assert!(s.take_aged().is_empty(), "first tick: all age");
-        // 2 stays unsettled, so the front stands still from now on: capped
-        // single acks, oldest first, until it has been still long enough.
-        let first = s.take_aged();
-        assert_eq!(
-            first,
-            (3..3 + SINGLES_PER_TICK as u64).collect::<Vec<_>>(),
-            "oldest first, capped"
-        );
-        for _ in 2..FRONT_STILL_TICKS {
-            assert_eq!(s.take_aged().len(), SINGLES_PER_TICK);
-        }
-        // Still for FRONT_STILL_TICKS ticks: the rest go at once.
-        let rest = s.take_aged();
-        let capped = SINGLES_PER_TICK as u64 * u64::from(FRONT_STILL_TICKS - 1);
-        assert_eq!(rest.len() as u64, n - capped);
-        assert!(rest.len() > SINGLES_PER_TICK);
-        assert_eq!(s.stragglers, 0);
-        assert_eq!(s.outstanding(), 1, "only 2 is held");
-    }
-
-    #[test]
-    fn a_long_front_goes_in_chunks_at_tags_not_acked_before() {
-        let mut s = state(1..=10);
-        s.mark(&[1, 2, 3, 5, 6, 7, 8, 9]);
-        // 4 is acked alone first, so no chunk may end on it.
-        s.mark(&[4]);
-        assert_eq!(s.take_stragglers_through(4), vec![1, 2, 3, 4]);
-        s.mark(&[1]);
-        assert_eq!(s.take_front_chunked(4), vec![5, 9], "4 was acked alone");
-        assert_eq!(
-            s.take_front_chunked(4),
-            Vec::<u64>::new(),
-            "10 is unsettled"
-        );
-        assert_eq!(s.stragglers, 0);
-        assert_eq!(s.outstanding(), 1);
-    }
-
-    #[test]
-    fn acking_through_a_tag_leaves_later_stragglers_waiting() {
-        let mut s = state(1..=6);
-        s.mark(&[2, 3, 5]);
-        assert_eq!(s.take_front(), None, "tag 1 is unsettled");
-        assert_eq!(s.take_stragglers_through(4), vec![2, 3]);
-        assert_eq!(s.stragglers, 1, "5 still waits for the front or a tick");
-        assert!(s.take_stragglers_through(4).is_empty(), "acked once");
-        assert_eq!(s.take_stragglers_through(u64::MAX), vec![5]);
-        s.mark(&[1]);
-        // 1 settles; 2, 3 and 5 were acked alone, 4 is unsettled.
-        assert_eq!(s.take_front(), Some(1));
-        assert!(s.take_stragglers_through(0).is_empty(), "before the base");
-        assert_eq!(s.outstanding(), 2, "4 and 6 are held");
-    }
-
-    #[test]
-    fn a_front_short_beside_what_is_held_behind_it_waits() {
-        let n = 4 * (SHORT_FRONT_RATIO as u64 + 1);
-        let mut s = state(1..=n);
-        s.mark(&[1]);
-        assert_eq!(s.short_front(), Some(2), "1 settled, {} held behind", n - 1);
-        s.mark(&[2, 3, 4]);
-        assert_eq!(
-            s.short_front(),
-            Some(5),
-            "4 of {n}: 5 is the first unsettled"
-        );
-        s.mark(&[5]);
-        assert_eq!(s.short_front(), None, "5 of {n} goes");
-        assert_eq!(s.take_front(), Some(5));
-        // With little held behind it, even one settled delivery goes.
-        let mut s = state(1..=SHORT_FRONT_RATIO as u64);
-        s.mark(&[1]);
-        assert_eq!(s.short_front(), None);
-        // Nothing settled at the front: nothing to hold.
-        let mut s = state(1..=n);
-        s.mark(&[2]);
-        assert_eq!(s.short_front(), None);
-    }
-
-    #[test]
-    fn a_gap_in_tags_blocks_the_front() {
-        let mut s = State::default();
-        s.register(1);
-        s.register(3);
-        s.mark(&[1, 3]);
-        assert_eq!(s.take_front(), Some(1));
-        assert_eq!(s.take_front(), None, "tag 2 was never handled");
-        assert_eq!(s.take_stragglers(), vec![3]);
+        assert!(!s.pace.is_probing());
     }
 }
