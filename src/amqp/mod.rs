@@ -4,6 +4,17 @@
 //! it builds a new connection and new channels, so an ack can never reach the
 //! broker for a delivery of the dead channel (lapin poisons those ackers) and
 //! the broker redelivers them, as CONTRACT section 4 requires.
+//!
+//! - `connection`: [`connect`] (TLS included) and the [`reconnect_delay`] backoff.
+//! - `topology`: [`declare_topology`] and the names of the derived exchanges
+//!   and queues.
+//! - `publisher`: the confirmed [`Publisher`] and its pending [`Confirm`].
+//! - `ack`: [`AckTracker`], which coalesces one channel's acks; its module
+//!   docs define front, straggler, round, window, chunk and pace.
+//! - `headers`: [`header_str`]; `error`: [`AmqpError`].
+//!
+//! Everything the rest of the crate uses is re-exported here, so its paths
+//! are `crate::amqp::X` whatever file `X` lives in.
 
 mod ack;
 mod connection;
