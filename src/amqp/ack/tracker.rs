@@ -2,9 +2,9 @@
 //! [`Ledger`] and [`Pace`], sends the acks they pick on the lapin channel,
 //! ticks for stragglers and tells waiters how far acks have gone.
 //!
-//! It follows three fronts, each the first tag past a run every tag before
-//! which has reached a step: settled (`settled_front`), covered by acks
-//! sent (`sent_front`), and covered by acks the broker is known to have
+//! It follows three fronts, each the first tag not yet through one step
+//! (every tag below it is): settled (`settled_front`), covered by acks sent
+//! (`sent_front`), and covered by acks the broker is known to have
 //! processed (`confirmed_front`, [`AckTracker::confirm_through`]).
 
 use std::{
@@ -410,6 +410,8 @@ async fn straggler_ticks(tracker: Arc<AckTracker>) {
     }
 }
 
+/// The pace's tests: they drive it as the tracker does, through
+/// [`State::decide`] and [`State::register_at`].
 #[cfg(test)]
 mod tests {
     use super::*;
