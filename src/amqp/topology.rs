@@ -37,32 +37,30 @@ pub fn webhook_relay_exchange_name(settings: &AmqpSettings) -> String {
 /// run from any number of processes at once: declarations are idempotent.
 /// Returns the queues to consume from.
 pub async fn declare_topology(ch: &Channel, s: &AmqpSettings) -> Result<Vec<String>, AmqpError> {
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
+    declare_dead_letters(ch, s).await?;
+    declare_unrouted_events(ch, s).await?;
+    declare_events(ch, s).await?;
+    declare_inbound(ch, s).await
+}
+
+/// The dead-letter exchange and the queue that keeps what it receives.
+async fn declare_dead_letters(ch: &Channel, s: &AmqpSettings) -> Result<(), AmqpError> {
     exchange(
         ch,
         &s.dead_letter_exchange,
         ExchangeKind::Fanout,
-        durable,
         FieldTable::default(),
     )
     .await?;
     queue(ch, &s.dead_letter_queue, dlq_args(s)).await?;
-    bind(ch, &s.dead_letter_queue, &s.dead_letter_exchange, "").await?;
+    bind(ch, &s.dead_letter_queue, &s.dead_letter_exchange, "").await
+}
 
-    // Events no listener has bound for go to the unrouted queue (capped, oldest
-    // dropped) instead of vanishing, so `mandatory` publishes never bounce.
+/// Events no listener has bound for go to the unrouted queue (capped, oldest
+/// dropped) instead of vanishing, so `mandatory` publishes never bounce.
+async fn declare_unrouted_events(ch: &Channel, s: &AmqpSettings) -> Result<(), AmqpError> {
     let unrouted = &s.unrouted_events_queue;
-    exchange(
-        ch,
-        unrouted,
-        ExchangeKind::Fanout,
-        durable,
-        FieldTable::default(),
-    )
-    .await?;
+    exchange(ch, unrouted, ExchangeKind::Fanout, FieldTable::default()).await?;
     let mut unrouted_args = FieldTable::default();
     unrouted_args.insert(
         "x-max-length".into(),
@@ -70,31 +68,34 @@ pub async fn declare_topology(ch: &Channel, s: &AmqpSettings) -> Result<Vec<Stri
     );
     unrouted_args.insert("x-overflow".into(), long_string("drop-head"));
     queue(ch, unrouted, unrouted_args).await?;
-    bind(ch, unrouted, unrouted, "").await?;
+    bind(ch, unrouted, unrouted, "").await
+}
+
+/// The events exchange (its alternate is the unrouted exchange) and the
+/// exchange replicas relay CXone webhooks on.
+async fn declare_events(ch: &Channel, s: &AmqpSettings) -> Result<(), AmqpError> {
     let mut events_args = FieldTable::default();
-    events_args.insert("alternate-exchange".into(), long_string(unrouted));
-    exchange(
-        ch,
-        &s.events_exchange,
-        ExchangeKind::Topic,
-        durable,
-        events_args,
-    )
-    .await?;
+    events_args.insert(
+        "alternate-exchange".into(),
+        long_string(&s.unrouted_events_queue),
+    );
+    exchange(ch, &s.events_exchange, ExchangeKind::Topic, events_args).await?;
     exchange(
         ch,
         &webhook_relay_exchange_name(s),
         ExchangeKind::Fanout,
-        durable,
         FieldTable::default(),
     )
-    .await?;
+    .await
+}
 
+/// The inbound exchange and the queues behind it: one queue, or one per
+/// partition when `amqp.partitions` > 1. Returns the queues to consume from.
+async fn declare_inbound(ch: &Channel, s: &AmqpSettings) -> Result<Vec<String>, AmqpError> {
     exchange(
         ch,
         &s.inbound_exchange,
         ExchangeKind::Topic,
-        durable,
         FieldTable::default(),
     )
     .await?;
@@ -103,12 +104,17 @@ pub async fn declare_topology(ch: &Channel, s: &AmqpSettings) -> Result<Vec<Stri
         bind(ch, &s.inbound_queue, &s.inbound_exchange, "#").await?;
         return Ok(vec![s.inbound_queue.clone()]);
     }
+    declare_partitions(ch, s).await
+}
 
+/// Partitioned mode: the members exchange, the consistent-hash exchange
+/// bound to the inbound one, and a single-active-consumer queue per
+/// partition. Returns the partition queues.
+async fn declare_partitions(ch: &Channel, s: &AmqpSettings) -> Result<Vec<String>, AmqpError> {
     exchange(
         ch,
         &members_exchange_name(s),
         ExchangeKind::Fanout,
-        durable,
         FieldTable::default(),
     )
     .await?;
@@ -117,7 +123,6 @@ pub async fn declare_topology(ch: &Channel, s: &AmqpSettings) -> Result<Vec<Stri
         ch,
         &hash,
         ExchangeKind::Custom("x-consistent-hash".into()),
-        durable,
         FieldTable::default(),
     )
     .await
@@ -183,13 +188,17 @@ fn long_string(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s))
 }
 
+/// Declares a durable exchange.
 async fn exchange(
     ch: &Channel,
     name: &str,
     kind: ExchangeKind,
-    options: ExchangeDeclareOptions,
     args: FieldTable,
 ) -> Result<(), AmqpError> {
+    let options = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
     ch.exchange_declare(ShortString::from(name), kind, options, args)
         .await
         .map_err(|source| AmqpError::Topology {
@@ -199,6 +208,7 @@ async fn exchange(
         })
 }
 
+/// Declares a durable queue.
 async fn queue(ch: &Channel, name: &str, args: FieldTable) -> Result<(), AmqpError> {
     ch.queue_declare(
         ShortString::from(name),
