@@ -39,8 +39,6 @@ enum Command {
     Publish(cmd::publish::PublishArgs),
     /// Simulator + worker + bundled sample roster in one process, then a summary.
     Demo(cmd::demo::DemoArgs),
-    /// End-to-end benchmark: raw broker ceiling, worker drain, peak RSS, CXone requests, latency (JSON on stdout).
-    Bench(cmd::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -108,10 +106,6 @@ fn main() -> ExitCode {
                 .await
                 .map(|()| ExitCode::SUCCESS),
             Command::Demo(args) => cmd::demo::run(args, settings)
-                .await
-                .map(|()| ExitCode::SUCCESS)
-                .map_err(anyhow::Error::from),
-            Command::Bench(args) => cmd::bench::run(args, settings)
                 .await
                 .map(|()| ExitCode::SUCCESS)
                 .map_err(anyhow::Error::from),

@@ -291,7 +291,7 @@ fn change_id(change: &[u8]) -> Option<String> {
         .map(str::to_owned)
 }
 
-pub(crate) fn rename_topology(a: &mut AmqpSettings, prefix: &str) {
+pub fn rename_topology(a: &mut AmqpSettings, prefix: &str) {
     a.inbound_exchange = format!("{prefix}.changes");
     a.inbound_queue = format!("{prefix}.changes");
     a.dead_letter_exchange = format!("{prefix}.changes.dlx");
@@ -300,7 +300,7 @@ pub(crate) fn rename_topology(a: &mut AmqpSettings, prefix: &str) {
     a.unrouted_events_queue = format!("{prefix}.events.unrouted");
 }
 
-pub(crate) async fn tap(
+pub async fn tap(
     ch: &Channel,
     a: &AmqpSettings,
     queue: &str,

@@ -1,6 +1,5 @@
 //! CLI subcommands that are not the worker itself.
 
-pub mod bench;
 pub mod demo;
 pub mod publish;
 pub mod validate;

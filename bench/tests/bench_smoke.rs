@@ -1,14 +1,33 @@
-//! The `bench` command end to end with tiny numbers against the real broker:
-//! it runs, stops its worker cleanly and prints the documented JSON fields.
+//! The benchmark end to end with tiny numbers against the real broker: it
+//! runs, stops its worker cleanly and prints the documented JSON fields.
 //! Timings are not checked: speed is what the benchmark measures, not a test.
 
-use std::process::Command;
+use std::{path::Path, process::Command};
 
 use serde_json::Value;
 
+const BENCH: &str = env!("CARGO_BIN_EXE_csw-bench");
+
+/// The benchmark runs the worker binary built beside it, which only a build
+/// of the worker's own package makes: a plain `cargo test` at the workspace
+/// root does (the root package is a default member), `cargo test -p
+/// csw-bench` alone does not.
+fn assert_worker_built() {
+    let worker = Path::new(BENCH).with_file_name(format!(
+        "cxone-schedule-worker{}",
+        std::env::consts::EXE_SUFFIX
+    ));
+    assert!(
+        worker.is_file(),
+        "the worker binary {} is missing: run `cargo test` at the workspace root, \
+         or `cargo build -p cxone-schedule-worker` before `cargo test -p csw-bench`",
+        worker.display()
+    );
+}
+
 fn run_bench(args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_cxone-schedule-worker"))
-        .arg("bench")
+    assert_worker_built();
+    let out = Command::new(BENCH)
         .args(args)
         .env("RUST_LOG", "warn")
         .output()
