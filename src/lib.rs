@@ -16,7 +16,7 @@
 //! - [`http`]: health, readiness, metrics and the CXone webhook.
 //! - [`telemetry`]: logs, traces and the metrics registry.
 //! - [`app`]: wires the pieces together and owns shutdown.
-//! - [`cmd`]: the CLI subcommands other than `run` (`validate`, `publish`, `demo`, `bench`).
+//! - [`cmd`]: the CLI subcommands other than `run` (`validate`, `publish`, `demo`).
 #![forbid(unsafe_code)]
 
 pub mod amqp;
