@@ -24,7 +24,7 @@ use cxone_schedule_worker::{
 };
 use serde::Deserialize;
 use serde_json::Value as Json;
-use serde_yaml::Value as Yaml;
+use serde_norway::Value as Yaml;
 
 /// Environment variables the worker or its libraries read that are not settings.
 const EXTERNAL_ENV: &[&str] = &[
@@ -84,7 +84,7 @@ fn read(rel: &str) -> String {
 fn yaml_docs(rel: &str) -> Vec<Yaml> {
     let text = read(rel);
     let mut docs = Vec::new();
-    for (i, de) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+    for (i, de) in serde_norway::Deserializer::from_str(&text).enumerate() {
         let mut doc =
             Yaml::deserialize(de).unwrap_or_else(|e| panic!("{rel}: document {i}: not YAML: {e}"));
         doc.apply_merge()
