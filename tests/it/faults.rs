@@ -1,17 +1,15 @@
 //! Fault injection (docs/reliability.md): the real broker, the in-process
 //! simulator and the worker as a separate process, a few thousand changes
-//! over many calendars, and the exact verdict of `common::faults::verdict`.
+//! over many calendars, and the exact verdict of `support::faults::verdict`.
 //!
 //! The scenarios of this file run one at a time (a shared lock): each one
 //! loads the machine's two cores, and timing-sensitive faults (kill -9 every
 //! few seconds, SIGTERM deadlines) must not compete with another scenario.
 //! The broker restart lives in `tests/fault_broker_restart.rs`, alone.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{fast_sim, faults::*, settings, sim};
+use crate::support::{fast_sim, faults::*, settings, sim};
 use cxone_schedule_worker::sim::{FaultsPatch, SimConfig};
 use rand::Rng;
 use tokio::time::Instant;
@@ -320,10 +318,14 @@ fn json_props(id: &str) -> lapin::BasicProperties {
 fn good(id: &str, agent: &str) -> Vec<u8> {
     // Each valid change alone in its calendar, so it is the first (and only)
     // change of its batch: its own headers are the ones the import uses.
-    common::change(
+    crate::support::change(
         id,
         &format!("hostile-{id}"),
-        &[(agent, &common::at(15, 8), &common::at(15, 16))],
+        &[(
+            agent,
+            &crate::support::at(15, 8),
+            &crate::support::at(15, 16),
+        )],
     )
 }
 

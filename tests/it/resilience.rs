@@ -1,13 +1,11 @@
 //! Shutdown and broker loss: nothing is lost, nothing is acked early.
 
-mod common;
-
 use std::{
     process::{Child, Command, ExitStatus, Stdio},
     time::Duration,
 };
 
-use common::*;
+use crate::support::*;
 use cxone_schedule_worker::app;
 
 const WAIT: Duration = Duration::from_secs(90);

@@ -1,15 +1,13 @@
 //! Several replicas over partitioned queues: one import per calendar at a time
 //! across the fleet, fair shares, and a replica's death loses nothing.
 
-mod common;
-
 use std::{
     collections::HashMap,
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
-use common::*;
+use crate::support::*;
 use cxone_schedule_worker::{cmd::publish::publish_all, sim::SimConfig};
 use indicatif::ProgressBar;
 use lapin::options::ConfirmSelectOptions;

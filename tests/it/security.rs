@@ -2,8 +2,6 @@
 //! refuses unsigned, wrongly signed and oversized requests, and `amqps://` and
 //! `https://` work through rustls with a private CA made in the test.
 
-mod common;
-
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -12,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use common::{faults::*, *};
+use crate::support::{faults::*, *};
 use cxone_schedule_worker::{
     amqp, app,
     config::{RetrySettings, Settings},

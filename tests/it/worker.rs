@@ -1,10 +1,8 @@
 //! The worker end to end: real RabbitMQ, in-process simulator, in-process worker.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use cxone_schedule_worker::{app, sim::SimConfig};
 use lapin::BasicProperties;
 use rand::{Rng, SeedableRng, rngs::StdRng};
