@@ -12,7 +12,7 @@ mod support;
 use std::time::Duration;
 
 use cxone_schedule_worker::sim::SimConfig;
-use support::{fast_sim, faults::*, settings, sim};
+use support::*;
 use tokio::time::Instant;
 
 /// Starts the broker's application again on drop, so a failing test never

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use crate::support::{fast_sim, faults::*, settings, sim};
+use crate::support::*;
 use cxone_schedule_worker::sim::{FaultsPatch, SimConfig};
 use rand::Rng;
 use tokio::time::Instant;
@@ -62,7 +62,7 @@ async fn kill9_every_few_seconds_loses_nothing() {
         sim.stats(),
         started.elapsed()
     );
-    finish_scenario(publisher, collector, sim).await;
+    finish_test(publisher, collector, sim).await;
 }
 
 /// A double fault: the worker's broker connection is closed under load,
@@ -128,7 +128,7 @@ async fn connection_loss_then_kill9_loses_nothing() {
         sim.stats(),
         started.elapsed()
     );
-    finish_scenario(publisher, collector, sim).await;
+    finish_test(publisher, collector, sim).await;
 }
 
 /// CXone misbehaves in every way at once: 20% 503s, a 429 storm with
@@ -210,7 +210,7 @@ async fn cxone_faults_end_every_change_completed_or_failed() {
         "FAULT cxone: {report:?} sim={stats:?} elapsed={:?}",
         started.elapsed()
     );
-    finish_scenario(publisher, collector, sim).await;
+    finish_test(publisher, collector, sim).await;
 }
 
 /// SIGTERM under load, twice: each time the worker exits 0 within
@@ -290,7 +290,7 @@ async fn sigterm_under_load_exits_in_time_and_loses_nothing() {
         sim.stats(),
         started.elapsed()
     );
-    finish_scenario(publisher, collector, sim).await;
+    finish_test(publisher, collector, sim).await;
 }
 
 /// What a hostile message must come to.
@@ -691,5 +691,5 @@ async fn hostile_input_is_rejected_without_crashing_or_bloating() {
         corpus.len(),
         started.elapsed()
     );
-    finish_scenario(publisher, collector, sim).await;
+    finish_test(publisher, collector, sim).await;
 }

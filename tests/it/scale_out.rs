@@ -1,49 +1,10 @@
 //! Several replicas over partitioned queues: one import per calendar at a time
 //! across the fleet, fair shares, and a replica's death loses nothing.
 
-use std::{
-    collections::HashMap,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{collections::HashMap, time::Duration};
 
 use crate::support::*;
-use cxone_schedule_worker::{cmd::publish::publish_all, sim::SimConfig};
-use indicatif::ProgressBar;
-use lapin::options::ConfirmSelectOptions;
-
-/// The replica processes; any still running when the test ends, a failed
-/// assertion included, is killed, so none is left consuming from the
-/// broker.
-struct Replicas(Vec<Child>);
-
-impl Drop for Replicas {
-    fn drop(&mut self) {
-        for r in &mut self.0 {
-            if matches!(r.try_wait(), Ok(None)) {
-                let _ = r.kill();
-                let _ = r.wait();
-            }
-        }
-    }
-}
-
-fn spawn_replica(env: &[(String, String)], id: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_cxone-schedule-worker"))
-        .arg("run")
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("CSW__WORKER__INSTANCE_ID", id)
-        .env("CSW__AMQP__PARTITIONS", "12")
-        .env("CSW__IMPORTS__MAX_CONCURRENT", "3")
-        .env(
-            "RUST_LOG",
-            "warn,cxone_schedule_worker::pipeline::consumer=info",
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("worker binary starts")
-}
+use cxone_schedule_worker::sim::SimConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_share_twelve_partitions_and_survive_a_kill() {
@@ -54,12 +15,31 @@ async fn three_replicas_share_twelve_partitions_and_survive_a_kill() {
     .await;
     let mut settings = settings("scale", &sim.base_url(), &[("CSW__AMQP__PARTITIONS", "12")]);
     settings.amqp.partitions = 12;
-    let mut tap = Tap::new(&settings).await;
-    let env = env_of(&settings);
+    let publisher = Publisher::new(&settings).await;
+    let collector = Collector::start(&settings).await;
     let ids: Vec<String> = (0..3)
         .map(|i| format!("{}-r{i}", settings.worker.instance_id))
         .collect();
-    let mut replicas = Replicas(ids.iter().map(|id| spawn_replica(&env, id)).collect());
+    // Any replica still running when the test ends, a failed assertion
+    // included, is killed on drop, so none is left consuming.
+    let mut replicas: Vec<WorkerProc> = ids
+        .iter()
+        .map(|id| {
+            let env = worker_env(
+                &settings,
+                &[
+                    ("CSW__WORKER__INSTANCE_ID", id.clone()),
+                    ("CSW__AMQP__PARTITIONS", "12".into()),
+                    ("CSW__IMPORTS__MAX_CONCURRENT", "3".into()),
+                ],
+            );
+            WorkerProc::spawn(
+                &env,
+                &log_path(&format!("scale-{id}")),
+                "warn,cxone_schedule_worker::pipeline::consumer=info",
+            )
+        })
+        .collect();
 
     // 10,000 changes over 200 calendars, overlapping within calendars.
     let mut model = RosterModel::default();
@@ -75,53 +55,33 @@ async fn three_replicas_share_twelve_partitions_and_survive_a_kill() {
         model.apply(&cal, &[(&entry.0, &entry.1, &entry.2)]);
         change_ids.push(id);
     }
-    let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
-    let ch = tap.conn.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let (first, rest) = refs.split_at(5_000);
-    publish_all(
-        &ch,
-        &settings.amqp.inbound_exchange,
-        first,
-        0.0,
-        &ProgressBar::hidden(),
-    )
-    .await
-    .unwrap();
+    let (first, rest) = bodies.split_at(5_000);
+    publisher.publish_bodies(first).await;
 
     // Midway, kill one replica outright.
-    tap.events_until(Duration::from_secs(120), |e| {
-        e.iter()
-            .filter(|e| e["type"] == "wfm.schedule.import.completed")
-            .flat_map(|e| {
-                e["data"]["changeIds"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-            })
-            .count()
-            >= 2_500
-    })
-    .await;
-    replicas.0[0].kill().unwrap();
-    replicas.0[0].wait().unwrap();
-    publish_all(
-        &ch,
-        &settings.amqp.inbound_exchange,
-        rest,
-        0.0,
-        &ProgressBar::hidden(),
-    )
-    .await
-    .unwrap();
+    collector
+        .events_until(Duration::from_secs(120), |e| {
+            e.iter()
+                .filter(|e| e["type"] == "wfm.schedule.import.completed")
+                .flat_map(|e| {
+                    e["data"]["changeIds"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .count()
+                >= 2_500
+        })
+        .await;
+    replicas[0].kill9();
+    publisher.publish_bodies(rest).await;
 
-    tap.wait_completed(&change_ids, Duration::from_secs(240))
+    collector
+        .wait_completed(&change_ids, Duration::from_secs(240))
         .await;
     let stats = sim.stats();
     assert_eq!(stats.concurrent_calendar_violations, 0, "{stats:?}");
-    assert!(tap.events_of("schedule.import.failed").is_empty());
+    assert!(collector.events_of("schedule.import.failed").is_empty());
     for cal in model.calendars() {
         assert_eq!(
             actual(&sim.shifts(&cal)),
@@ -132,7 +92,7 @@ async fn three_replicas_share_twelve_partitions_and_survive_a_kill() {
 
     // Fair shares: every replica imported a real part of the work.
     let mut per_replica: HashMap<String, usize> = HashMap::new();
-    for e in tap.events_of("schedule.import.completed") {
+    for e in collector.events_of("schedule.import.completed") {
         *per_replica
             .entry(e["source"].as_str().unwrap().to_owned())
             .or_default() += 1;
@@ -149,13 +109,12 @@ async fn three_replicas_share_twelve_partitions_and_survive_a_kill() {
         );
     }
 
-    for r in &mut replicas.0[1..] {
-        let _ = Command::new("kill")
-            .args(["-TERM", &r.id().to_string()])
-            .status();
-        let status = r.wait().unwrap();
+    for r in &mut replicas[1..] {
+        r.sigterm();
+        let status = r.wait_exit(Duration::from_secs(120)).await.unwrap();
         assert!(status.success(), "replica exit: {status:?}");
     }
-    tap.cleanup().await;
+    publisher.close().await;
+    collector.cleanup().await;
     sim.shutdown().await;
 }
