@@ -1,5 +1,7 @@
 //! deploy/grafana/dashboard.json: importable, and every metric shown and known.
 
+use cxone_schedule_worker::telemetry::metrics::CATALOGUE;
+
 use super::*;
 
 fn dashboard() -> Json {
@@ -79,9 +81,10 @@ fn dashboard_is_importable_and_queries_known_metrics() {
         used.extend(names);
     }
     let used = used.iter().map(|n| base_metric(n)).collect::<BTreeSet<_>>();
-    let missing: Vec<&&str> = KNOWN_METRICS
+    let missing: Vec<&str> = CATALOGUE
         .iter()
-        .filter(|m| !used.contains(**m))
+        .map(|m| m.name)
+        .filter(|m| !used.contains(m))
         .collect();
     assert!(
         missing.is_empty(),

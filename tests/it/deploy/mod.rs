@@ -33,43 +33,6 @@ const EXTERNAL_ENV: &[&str] = &[
     "OTEL_SERVICE_NAME",
 ];
 
-/// Every metric the worker exports (histograms also as `_bucket`, `_sum`, `_count`).
-const KNOWN_METRICS: &[&str] = &[
-    "csw_changes_received_total",
-    "csw_changes_accepted_total",
-    "csw_changes_rejected_total",
-    "csw_changes_duplicate_total",
-    "csw_changes_redelivered_settled_total",
-    "csw_changes_imported_total",
-    "csw_imports_total",
-    "csw_stage_duration_seconds",
-    "csw_batch_entries",
-    "csw_imports_in_flight",
-    "csw_job_polls",
-    "csw_events_published_total",
-    "csw_dead_lettered_total",
-    "csw_broker_reconnects_total",
-    "csw_broker_connected",
-    "csw_partitions_owned",
-    "csw_acks_sent_total",
-    "csw_ack_pace_changes_total",
-    "csw_batches_closed_total",
-    "csw_changes_joined_waiting_total",
-    "csw_webhooks_total",
-    "csw_cxone_requests_total",
-    "csw_cxone_rate_limited_total",
-    "csw_cxone_retries_total",
-    "csw_token_refreshes_total",
-    "csw_cxone_request_duration_seconds",
-];
-
-const HISTOGRAMS: &[&str] = &[
-    "csw_stage_duration_seconds",
-    "csw_batch_entries",
-    "csw_job_polls",
-    "csw_cxone_request_duration_seconds",
-];
-
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
