@@ -15,6 +15,7 @@ mod deploy;
 mod faults;
 mod fuzz_validation;
 mod logs;
+mod metrics_endpoint;
 mod readme;
 mod resilience;
 mod scale_out;
