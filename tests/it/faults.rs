@@ -1,6 +1,6 @@
 //! Fault injection (docs/reliability.md): the real broker, the in-process
 //! simulator and the worker as a separate process, a few thousand changes
-//! over many calendars, and the exact verdict of `support::faults::verdict`.
+//! over many calendars, and the exact verdict of `support::scenario::verdict`.
 //!
 //! The scenarios of this file run one at a time (a shared lock): each one
 //! loads the machine's two cores, and timing-sensitive faults (kill -9 every
