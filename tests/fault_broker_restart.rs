@@ -6,12 +6,13 @@
 //! other test, and CI runs test binaries one after another. It always leaves
 //! the broker running (a guard starts the app again even if the test fails).
 
-mod common;
+#[path = "it/support/mod.rs"]
+mod support;
 
 use std::time::Duration;
 
-use common::{fast_sim, faults::*, settings, sim};
 use cxone_schedule_worker::sim::SimConfig;
+use support::*;
 use tokio::time::Instant;
 
 /// Starts the broker's application again on drop, so a failing test never
@@ -30,7 +31,7 @@ impl Drop for BrokerGuard {
 async fn wait_broker_up(timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
-        if lapin::Connection::connect(&common::amqp_url(), Default::default())
+        if lapin::Connection::connect(&support::amqp_url(), Default::default())
             .await
             .is_ok()
         {

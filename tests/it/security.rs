@@ -2,8 +2,6 @@
 //! refuses unsigned, wrongly signed and oversized requests, and `amqps://` and
 //! `https://` work through rustls with a private CA made in the test.
 
-mod common;
-
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -12,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use common::{faults::*, *};
+use crate::support::*;
 use cxone_schedule_worker::{
     amqp, app,
     config::{RetrySettings, Settings},
@@ -93,7 +91,8 @@ async fn secrets_never_reach_the_logs() {
         &sim.base_url(),
         &[("AMQP_URL", amqp_url.as_str())],
     );
-    let mut tap = Tap::new(&settings).await;
+    let publisher = Publisher::new(&settings).await;
+    let collector = Collector::start(&settings).await;
     let mut env = worker_env(
         &settings,
         &[
@@ -118,7 +117,9 @@ async fn secrets_never_reach_the_logs() {
             let id = format!("s{round}-{k}");
             let cal = format!("cal-{k}");
             let (s, e) = (at(15 + round % 10, k), at(15 + round % 10, k + 1));
-            tap.publish(&change(&id, &cal, &[("a1", &s, &e)])).await;
+            publisher
+                .publish(&change(&id, &cal, &[("a1", &s, &e)]))
+                .await;
             ids.push(id);
         }
         match round % 4 {
@@ -161,20 +162,21 @@ async fn secrets_never_reach_the_logs() {
     // Changes in flight while the token endpoint refused the client fail
     // (a 401 from the token endpoint is permanent); the rest complete.
     let want: std::collections::HashSet<String> = ids.iter().cloned().collect();
-    tap.events_until(WAIT, |events| {
-        let done: std::collections::HashSet<&str> = events
-            .iter()
-            .filter(|e| {
-                e["type"] == "wfm.schedule.import.completed"
-                    || e["type"] == "wfm.schedule.import.failed"
-            })
-            .flat_map(|e| e["data"]["changeIds"].as_array().into_iter().flatten())
-            .filter_map(|v| v.as_str())
-            .collect();
-        want.iter().all(|id| done.contains(id.as_str()))
-    })
-    .await;
-    let failed = tap.change_ids_in("schedule.import.failed");
+    collector
+        .events_until(WAIT, |events| {
+            let done: std::collections::HashSet<&str> = events
+                .iter()
+                .filter(|e| {
+                    e["type"] == "wfm.schedule.import.completed"
+                        || e["type"] == "wfm.schedule.import.failed"
+                })
+                .flat_map(|e| e["data"]["changeIds"].as_array().into_iter().flatten())
+                .filter_map(|v| v.as_str())
+                .collect();
+            want.iter().all(|id| done.contains(id.as_str()))
+        })
+        .await;
+    let failed = collector.change_ids_in("schedule.import.failed");
     assert!(
         failed.len() < ids.len() / 4,
         "most changes completed: {} failed",
@@ -242,7 +244,8 @@ async fn secrets_never_reach_the_logs() {
             assert!(word.len() < 16, "a bearer credential is in the log:\n{l}");
         }
     }
-    tap.cleanup().await;
+    publisher.close().await;
+    collector.cleanup().await;
     sim.shutdown().await;
 }
 
@@ -508,19 +511,22 @@ async fn amqps_and_https_work_with_a_private_ca_and_fail_without_it() {
 
     let mut tap_settings = settings.clone();
     tap_settings.amqp.url = amqp_url();
-    let mut tap = Tap::new(&tap_settings).await;
+    let publisher = Publisher::new(&tap_settings).await;
+    let collector = Collector::start(&tap_settings).await;
     let worker = app::start(settings.clone()).await.unwrap();
-    tap.publish(&change(
-        "tls-1",
-        "cal-tls",
-        &[("a1", &at(15, 8), &at(15, 16))],
-    ))
-    .await;
-    tap.wait_completed(&["tls-1".into()], WAIT).await;
+    publisher
+        .publish(&change(
+            "tls-1",
+            "cal-tls",
+            &[("a1", &at(15, 8), &at(15, 16))],
+        ))
+        .await;
+    collector.wait_completed(&["tls-1".into()], WAIT).await;
     assert_eq!(sim.shifts("cal-tls").len(), 1);
     worker.shutdown();
     worker.wait().await.unwrap();
-    tap.cleanup().await;
+    publisher.close().await;
+    collector.cleanup().await;
     sim.shutdown().await;
 }
 

@@ -1,10 +1,12 @@
-//! Logs, traces and the metrics registry.
+//! Logs, traces, and the metrics registry with its catalogue ([`metrics`]).
 //!
 //! Logs go to stderr as text or JSON. When `OTEL_EXPORTER_OTLP_ENDPOINT` is
 //! set, spans are also exported over OTLP/HTTP, and the W3C `traceparent` of
 //! an inbound message becomes the parent of the worker's spans, so one trace
 //! runs from the publisher through the worker and CXone to the event listener.
 //! Without an exporter the inbound `traceparent` is carried on unchanged.
+
+pub mod metrics;
 
 use std::{collections::HashMap, sync::OnceLock};
 
@@ -185,13 +187,13 @@ pub fn metrics_handle() -> PrometheusHandle {
                 )
                 .and_then(|b| {
                     b.set_buckets_for_metric(
-                        Matcher::Full("csw_batch_entries".into()),
+                        Matcher::Full(metrics::BATCH_ENTRIES.into()),
                         &[1.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0],
                     )
                 })
                 .and_then(|b| {
                     b.set_buckets_for_metric(
-                        Matcher::Full("csw_job_polls".into()),
+                        Matcher::Full(metrics::JOB_POLLS.into()),
                         &[0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 64.0],
                     )
                 })
@@ -200,7 +202,9 @@ pub fn metrics_handle() -> PrometheusHandle {
             let handle = recorder.handle();
             // Another recorder may already be installed (an embedding program's):
             // then our handle renders nothing, which is acceptable.
-            let _ = metrics::set_global_recorder(recorder);
+            if ::metrics::set_global_recorder(recorder).is_ok() {
+                metrics::describe();
+            }
             handle
         })
         .clone()

@@ -1,10 +1,8 @@
 //! The worker end to end: real RabbitMQ, in-process simulator, in-process worker.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use cxone_schedule_worker::{app, sim::SimConfig};
 use lapin::BasicProperties;
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -16,7 +14,7 @@ const WAIT: Duration = Duration::from_secs(60);
 /// simulator's final roster must equal AUTO_RESOLVE applied in publish order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roster_across_many_calendars_matches_auto_resolve() {
-    let mut app = spawn_app(fast_sim(), "roster", &[("CSW__BATCH__MAX_ENTRIES", "40")]).await;
+    let app = spawn_app(fast_sim(), "roster", &[("CSW__BATCH__MAX_ENTRIES", "40")]).await;
 
     let mut rng = StdRng::seed_from_u64(7);
     let mut model = RosterModel::default();
@@ -44,11 +42,11 @@ async fn roster_across_many_calendars_matches_auto_resolve() {
         } else {
             change_in_order(&id, &cal, &refs)
         };
-        app.tap.publish(&body).await;
+        app.publisher.publish(&body).await;
         model.apply(&cal, &refs);
         ids.push(id);
     }
-    app.tap.wait_completed(&ids, WAIT).await;
+    app.collector.wait_completed(&ids, WAIT).await;
     for cal in model.calendars() {
         assert_eq!(
             actual(&app.sim.shifts(&cal)),
@@ -58,13 +56,13 @@ async fn roster_across_many_calendars_matches_auto_resolve() {
     }
     let stats = app.sim.stats();
     assert_eq!(stats.concurrent_calendar_violations, 0);
-    assert!(app.tap.events_of("schedule.import.failed").is_empty());
+    assert!(app.collector.events_of("schedule.import.failed").is_empty());
     // Batching: far fewer imports than changes.
     assert!(stats.imports_accepted < 200, "{stats:?}");
     // Each batch's `submitted` reaches listeners before its terminal event,
     // although the worker waits for the two confirms together.
     let mut submitted = std::collections::HashSet::new();
-    for e in &app.tap.seen_events {
+    for e in &app.collector.events() {
         let batch = e["data"]["batchId"].as_str().unwrap_or_default().to_owned();
         match e["type"].as_str() {
             Some("wfm.schedule.import.submitted") => {
@@ -87,23 +85,23 @@ async fn roster_across_many_calendars_matches_auto_resolve() {
 /// follow delivery order, and a later non-overlapping change joins the new batch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_change_starts_the_next_batch_in_order() {
-    let mut app = spawn_app(
+    let app = spawn_app(
         fast_sim(),
         "overlap",
         &[("CSW__BATCH__MAX_WAIT_MS", "1500")],
     )
     .await;
 
-    app.tap
+    app.publisher
         .publish(&change("c1", "cal-x", &[("a1", &at(15, 8), &at(15, 16))]))
         .await;
-    app.tap
+    app.publisher
         .publish(&change("c2", "cal-x", &[("a1", &at(15, 12), &at(15, 20))]))
         .await;
-    app.tap
+    app.publisher
         .publish(&change("c3", "cal-x", &[("a2", &at(15, 8), &at(15, 16))]))
         .await;
-    app.tap
+    app.collector
         .events_until(WAIT, |e| {
             e.iter()
                 .filter(|e| e["type"] == "wfm.schedule.import.completed")
@@ -111,7 +109,7 @@ async fn overlapping_change_starts_the_next_batch_in_order() {
                 == 2
         })
         .await;
-    let completed = app.tap.events_of("schedule.import.completed");
+    let completed = app.collector.events_of("schedule.import.completed");
     assert_eq!(completed[0]["data"]["changeIds"], json!(["c1"]));
     assert_eq!(completed[1]["data"]["changeIds"], json!(["c2", "c3"]));
     assert_eq!(completed[1]["data"]["entryCount"], 2);
@@ -130,7 +128,7 @@ async fn overlapping_change_starts_the_next_batch_in_order() {
 /// batches the timer would send) instead of idling until `max_wait_ms`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_window_with_nothing_in_flight_sends_without_waiting() {
-    let mut app = spawn_app(
+    let app = spawn_app(
         fast_sim(),
         "window",
         &[
@@ -150,14 +148,14 @@ async fn a_full_window_with_nothing_in_flight_sends_without_waiting() {
             let id = format!("w{round}-{i}");
             let cal = format!("cal-{}", i % 3);
             let agent = format!("a{round}-{i}");
-            app.tap
+            app.publisher
                 .publish(&change(&id, &cal, &[(&agent, &at(15, 8), &at(15, 16))]))
                 .await;
             ids.push(id);
         }
     }
-    app.tap.wait_completed(&ids, WAIT).await;
-    let completed = app.tap.events_of("schedule.import.completed");
+    app.collector.wait_completed(&ids, WAIT).await;
+    let completed = app.collector.events_of("schedule.import.completed");
     assert_eq!(completed.len(), 6, "one batch per calendar per window");
     for e in &completed {
         let changes = e["data"]["changeIds"].as_array().unwrap();
@@ -175,7 +173,7 @@ async fn a_full_window_with_nothing_in_flight_sends_without_waiting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_waiting_for_a_slot_takes_later_changes() {
     // One slot, held for a second and a half by calendar A's import.
-    let mut app = spawn_app(
+    let app = spawn_app(
         SimConfig {
             job_base_ms: 1500,
             ..fast_sim()
@@ -189,10 +187,10 @@ async fn a_batch_waiting_for_a_slot_takes_later_changes() {
     )
     .await;
 
-    app.tap
+    app.publisher
         .publish(&change("a1", "cal-a", &[("a", &at(15, 8), &at(15, 16))]))
         .await;
-    app.tap
+    app.collector
         .events_until(WAIT, |e| {
             e.iter()
                 .any(|e| e["type"] == "wfm.schedule.import.submitted")
@@ -202,20 +200,20 @@ async fn a_batch_waiting_for_a_slot_takes_later_changes() {
     // waits for the slot. b2 goes once b1 has left the queue, so it reaches
     // the closed batch (were it ever to come within that millisecond, it
     // would join the open batch instead: the same outcome).
-    app.tap
+    app.publisher
         .publish(&change("b1", "cal-b", &[("b1", &at(15, 8), &at(15, 16))]))
         .await;
     let deadline = tokio::time::Instant::now() + WAIT;
-    while app.tap.inbound_ready().await > 0 {
+    while app.inbound_ready().await > 0 {
         assert!(tokio::time::Instant::now() < deadline, "b1 never delivered");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    app.tap
+    app.publisher
         .publish(&change("b2", "cal-b", &[("b2", &at(15, 8), &at(15, 16))]))
         .await;
     let ids: Vec<String> = ["a1", "b1", "b2"].map(String::from).to_vec();
-    app.tap.wait_completed(&ids, WAIT).await;
-    let completed = app.tap.events_of("schedule.import.completed");
+    app.collector.wait_completed(&ids, WAIT).await;
+    let completed = app.collector.events_of("schedule.import.completed");
     assert_eq!(completed.len(), 2, "{completed:?}");
     let b = completed
         .iter()
@@ -230,25 +228,25 @@ async fn a_batch_waiting_for_a_slot_takes_later_changes() {
 /// The same changeId twice while the first is open: imported once, both acked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_change_id_is_imported_once() {
-    let mut app = spawn_app(fast_sim(), "dupe", &[("CSW__BATCH__MAX_WAIT_MS", "1500")]).await;
+    let app = spawn_app(fast_sim(), "dupe", &[("CSW__BATCH__MAX_WAIT_MS", "1500")]).await;
 
     let body = change("same", "cal-d", &[("a1", &at(15, 8), &at(15, 16))]);
-    app.tap.publish(&body).await;
-    app.tap.publish(&body).await;
-    app.tap
+    app.publisher.publish(&body).await;
+    app.publisher.publish(&body).await;
+    app.publisher
         .publish(&change(
             "other",
             "cal-d",
             &[("a2", &at(15, 8), &at(15, 16))],
         ))
         .await;
-    app.tap
+    app.collector
         .events_until(WAIT, |e| {
             e.iter()
                 .any(|e| e["type"] == "wfm.schedule.import.completed")
         })
         .await;
-    let completed = app.tap.events_of("schedule.import.completed");
+    let completed = app.collector.events_of("schedule.import.completed");
     assert_eq!(completed.len(), 1);
     assert_eq!(completed[0]["data"]["changeIds"], json!(["same", "other"]));
     assert_eq!(app.sim.stats().imports_accepted, 1);
@@ -259,7 +257,7 @@ async fn repeated_change_id_is_imported_once() {
 /// headers, ack; good changes around them keep flowing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_rejected_dead_lettered_and_acked() {
-    let mut app = spawn_app(
+    let app = spawn_app(
         fast_sim(),
         "reject",
         &[("CSW__LIMITS__MAX_MESSAGE_BYTES", "4096")],
@@ -267,14 +265,14 @@ async fn bad_input_is_rejected_dead_lettered_and_acked() {
     .await;
     let json_props = || BasicProperties::default().with_content_type("application/json".into());
 
-    app.tap
+    app.publisher
         .publish(&change(
             "good-1",
             "cal-r",
             &[("a1", &at(15, 8), &at(15, 16))],
         ))
         .await;
-    app.tap
+    app.publisher
         .publish_raw(
             "cal-r",
             b"this is not json",
@@ -282,33 +280,35 @@ async fn bad_input_is_rejected_dead_lettered_and_acked() {
         )
         .await;
     let good2 = change("good-2", "cal-r", &[("a2", &at(15, 8), &at(15, 16))]);
-    app.tap
+    app.publisher
         .publish_raw(
             "cal-r",
             &good2,
             BasicProperties::default().with_content_type("text/plain".into()),
         )
         .await;
-    app.tap
+    app.publisher
         .publish_raw("cal-r", &vec![b' '; 5000], json_props())
         .await;
-    app.tap
+    app.publisher
         .publish(&change(
             "backwards",
             "cal-r",
             &[("a3", &at(15, 16), &at(15, 8))],
         ))
         .await;
-    app.tap
+    app.publisher
         .publish_raw(
             "cal-r",
             br#"{"schemaVersion":2,"calendarId":"cal-r","entries":[]}"#,
             json_props(),
         )
         .await;
-    app.tap.publish_raw("cal-r", b"[1,2,3]", json_props()).await;
+    app.publisher
+        .publish_raw("cal-r", b"[1,2,3]", json_props())
+        .await;
     // No content type at all means JSON.
-    app.tap
+    app.publisher
         .publish_raw(
             "cal-r",
             &change("good-3", "cal-r", &[("a4", &at(15, 8), &at(15, 16))]),
@@ -316,7 +316,7 @@ async fn bad_input_is_rejected_dead_lettered_and_acked() {
         )
         .await;
 
-    app.tap
+    app.collector
         .events_until(WAIT, |e| {
             e.iter()
                 .filter(|e| e["type"] == "wfm.schedule.change.rejected")
@@ -327,7 +327,7 @@ async fn bad_input_is_rejected_dead_lettered_and_acked() {
         })
         .await;
     let mut codes: Vec<String> = app
-        .tap
+        .collector
         .events_of("schedule.change.rejected")
         .iter()
         .map(|e| e["data"]["errors"][0]["code"].as_str().unwrap().to_owned())
@@ -345,7 +345,7 @@ async fn bad_input_is_rejected_dead_lettered_and_acked() {
         ]
     );
     let notjson = app
-        .tap
+        .collector
         .events_of("schedule.change.rejected")
         .into_iter()
         .find(|e| e["data"]["messageId"] == "m-notjson")
@@ -356,32 +356,32 @@ async fn bad_input_is_rejected_dead_lettered_and_acked() {
     );
     assert_eq!(notjson["data"]["calendarId"], serde_json::Value::Null);
 
-    app.tap.dead_letters(6, WAIT).await;
+    app.collector.dead_letters(6, WAIT).await;
     let mut dead_codes: Vec<String> = app
-        .tap
-        .seen_dead
+        .collector
+        .dead()
         .iter()
-        .map(|(_, h)| header(h, "x-error-code").expect("x-error-code"))
+        .map(|d| header(&d.headers, "x-error-code").expect("x-error-code"))
         .collect();
     dead_codes.sort();
     assert_eq!(dead_codes, codes);
     assert!(
-        app.tap
-            .seen_dead
+        app.collector
+            .dead()
             .iter()
-            .all(|(_, h)| header(h, "x-error-message").is_some())
+            .all(|d| header(&d.headers, "x-error-message").is_some())
     );
     assert!(
-        app.tap
-            .seen_dead
+        app.collector
+            .dead()
             .iter()
-            .any(|(body, _)| body == b"this is not json")
+            .any(|d| d.body == b"this is not json")
     );
 
-    app.tap
+    app.collector
         .wait_completed(&["good-1".into(), "good-3".into()], WAIT)
         .await;
-    let mut done = app.tap.change_ids_in("schedule.import.completed");
+    let mut done = app.collector.change_ids_in("schedule.import.completed");
     done.sort();
     assert_eq!(done, ["good-1", "good-3"]);
     assert_eq!(app.finish().await, 0);
@@ -390,7 +390,7 @@ async fn bad_input_is_rejected_dead_lettered_and_acked() {
 /// A job that ends FAILED: failed event, dead-letter copies, acks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_job_dead_letters_its_changes() {
-    let mut app = spawn_app(
+    let app = spawn_app(
         SimConfig {
             job_fail_rate: 1.0,
             ..fast_sim()
@@ -399,26 +399,26 @@ async fn failed_job_dead_letters_its_changes() {
         &[],
     )
     .await;
-    app.tap
+    app.publisher
         .publish(&change("f1", "cal-f", &[("a1", &at(15, 8), &at(15, 16))]))
         .await;
-    app.tap
+    app.publisher
         .publish(&change("f2", "cal-f", &[("a2", &at(15, 8), &at(15, 16))]))
         .await;
-    app.tap
+    app.collector
         .events_until(WAIT, |e| {
             e.iter().any(|e| e["type"] == "wfm.schedule.import.failed")
         })
         .await;
-    let failed = app.tap.events_of("schedule.import.failed");
+    let failed = app.collector.events_of("schedule.import.failed");
     assert_eq!(failed[0]["data"]["error"]["code"], "JOB_FAILED");
     assert!(failed[0]["data"]["jobId"].is_string());
-    app.tap.dead_letters(2, WAIT).await;
+    app.collector.dead_letters(2, WAIT).await;
     assert!(
-        app.tap
-            .seen_dead
+        app.collector
+            .dead()
             .iter()
-            .all(|(_, h)| header(h, "x-error-code").as_deref() == Some("JOB_FAILED"))
+            .all(|d| header(&d.headers, "x-error-code").as_deref() == Some("JOB_FAILED"))
     );
     assert!(app.sim.shifts("cal-f").is_empty());
     assert_eq!(app.finish().await, 0);
@@ -427,7 +427,7 @@ async fn failed_job_dead_letters_its_changes() {
 /// CXone rate-limits hard: the worker backs off and still imports everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_storm_still_imports_everything() {
-    let mut app = spawn_app(
+    let app = spawn_app(
         SimConfig {
             rate_limit_per_min: 120,
             ..fast_sim()
@@ -440,14 +440,16 @@ async fn rate_limit_storm_still_imports_everything() {
     for i in 0..30 {
         let cal = format!("cal-{}", i % 10);
         let (s, e) = (at(15, i % 20), at(15, i % 20 + 2));
-        app.tap
+        app.publisher
             .publish(&change(&format!("r{i}"), &cal, &[("a1", &s, &e)]))
             .await;
         model.apply(&cal, &[("a1", &s, &e)]);
     }
     let ids: Vec<String> = (0..30).map(|i| format!("r{i}")).collect();
-    app.tap.wait_completed(&ids, Duration::from_secs(120)).await;
-    assert!(app.tap.events_of("schedule.import.failed").is_empty());
+    app.collector
+        .wait_completed(&ids, Duration::from_secs(120))
+        .await;
+    assert!(app.collector.events_of("schedule.import.failed").is_empty());
     for cal in model.calendars() {
         assert_eq!(
             actual(&app.sim.shifts(&cal)),
@@ -462,7 +464,7 @@ async fn rate_limit_storm_still_imports_everything() {
 /// so slow here that only the webhook can finish the import in time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_completes_imports_before_polling() {
-    let mut app = spawn_app(
+    let app = spawn_app(
         fast_sim(),
         "webhook",
         &[
@@ -478,10 +480,10 @@ async fn webhook_completes_imports_before_polling() {
             Some("whsec-test".into()),
         )
         .expect("webhook app.settings are valid");
-    app.tap
+    app.publisher
         .publish(&change("w1", "cal-w", &[("a1", &at(15, 8), &at(15, 16))]))
         .await;
-    app.tap
+    app.collector
         .events_until(WAIT, |e| {
             e.iter()
                 .any(|e| e["type"] == "wfm.schedule.import.completed")
@@ -524,7 +526,7 @@ async fn webhook_completes_imports_before_polling() {
 /// Without a webhook secret the route does not exist; health and readiness answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_endpoints_answer() {
-    let mut app = spawn_app(fast_sim(), "http", &[]).await;
+    let app = spawn_app(fast_sim(), "http", &[]).await;
     let base = format!("http://{}", app.worker.http_addr);
     let http = reqwest::Client::new();
     assert_eq!(
@@ -555,13 +557,13 @@ async fn http_endpoints_answer() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
-    app.tap
+    app.publisher
         .publish(&change("m1", "cal-m", &[("a1", &at(15, 8), &at(15, 16))]))
         .await;
-    app.tap
+    app.publisher
         .publish_raw("cal-m", b"{", BasicProperties::default())
         .await;
-    app.tap
+    app.collector
         .events_until(WAIT, |e| {
             e.iter()
                 .any(|e| e["type"] == "wfm.schedule.import.completed")
@@ -614,7 +616,8 @@ async fn webhook_for_another_replica_is_relayed_to_the_owner() {
             ("CSW__IMPORTS__POLL_MAX_MS", "600000"),
         ],
     );
-    let mut tap = Tap::new(&owner_settings).await;
+    let publisher = Publisher::new(&owner_settings).await;
+    let collector = Collector::start(&owner_settings).await;
     // The other replica shares the events side but consumes another queue, so
     // it never owns an import.
     let mut other_settings = owner_settings.clone();
@@ -627,10 +630,11 @@ async fn webhook_for_another_replica_is_relayed_to_the_owner() {
         Some("whsec-relay".into()),
     )
     .unwrap();
-    tap.publish(&change("rl1", "cal-rl", &[("a1", &at(15, 8), &at(15, 16))]))
+    publisher
+        .publish(&change("rl1", "cal-rl", &[("a1", &at(15, 8), &at(15, 16))]))
         .await;
-    tap.wait_completed(&["rl1".to_owned()], WAIT).await;
-    let completed = tap.events_of("schedule.import.completed");
+    collector.wait_completed(&["rl1".to_owned()], WAIT).await;
+    let completed = collector.events_of("schedule.import.completed");
     assert_eq!(
         completed[0]["source"],
         format!("/cxone-schedule-worker/{}", owner.instance_id),
@@ -640,14 +644,15 @@ async fn webhook_for_another_replica_is_relayed_to_the_owner() {
         w.shutdown();
         w.wait().await.unwrap();
     }
-    let ch = tap.conn.create_channel().await.unwrap();
+    let ch = publisher.channel().await;
     let _ = ch
         .queue_delete(
             other_settings.amqp.inbound_queue.as_str().into(),
             lapin::options::QueueDeleteOptions::default(),
         )
         .await;
-    tap.cleanup().await;
+    publisher.close().await;
+    collector.cleanup().await;
     sim.shutdown().await;
 }
 
@@ -656,7 +661,7 @@ async fn webhook_for_another_replica_is_relayed_to_the_owner() {
 /// attribute), so one trace runs from the publisher to the HR listener.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traceparent_travels_from_inbound_to_cxone_and_events() {
-    let mut app = spawn_app(fast_sim(), "trace", &[]).await;
+    let app = spawn_app(fast_sim(), "trace", &[]).await;
     let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let mut headers = lapin::types::FieldTable::default();
     headers.insert(
@@ -666,15 +671,15 @@ async fn traceparent_travels_from_inbound_to_cxone_and_events() {
     let props = BasicProperties::default()
         .with_content_type("application/json".into())
         .with_headers(headers.clone());
-    app.tap
+    app.publisher
         .publish_raw(
             "cal-t",
             &change("tp1", "cal-t", &[("a1", &at(15, 8), &at(15, 16))]),
             props.clone(),
         )
         .await;
-    app.tap.publish_raw("cal-t", b"not json", props).await;
-    app.tap
+    app.publisher.publish_raw("cal-t", b"not json", props).await;
+    app.collector
         .events_until(WAIT, |e| {
             e.iter()
                 .any(|e| e["type"] == "wfm.schedule.import.completed")
@@ -682,10 +687,10 @@ async fn traceparent_travels_from_inbound_to_cxone_and_events() {
                     .any(|e| e["type"] == "wfm.schedule.change.rejected")
         })
         .await;
-    for e in &app.tap.seen_events {
+    for e in &app.collector.events() {
         assert_eq!(e["traceparent"], tp, "event {}", e["type"]);
     }
-    let headers = app.tap.event_headers();
+    let headers = app.collector.event_headers();
     assert!(!headers.is_empty());
     assert!(
         headers
@@ -701,7 +706,7 @@ async fn traceparent_travels_from_inbound_to_cxone_and_events() {
 /// a rejected event (first error) and a dead-letter copy with `x-error-code`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_validation_code_is_rejected_with_that_code() {
-    let mut app = spawn_app(
+    let app = spawn_app(
         fast_sim(),
         "codes",
         &[("CSW__LIMITS__MAX_ENTRIES_PER_CHANGE", "3")],
@@ -765,7 +770,7 @@ async fn every_validation_code_is_rejected_with_that_code() {
     ];
     for (code, mut body) in cases.clone() {
         body["changeId"] = json!(format!("code-{code}"));
-        app.tap
+        app.publisher
             .publish_raw(
                 "c",
                 &serde_json::to_vec(&body).unwrap(),
@@ -774,7 +779,7 @@ async fn every_validation_code_is_rejected_with_that_code() {
             )
             .await;
     }
-    app.tap
+    app.collector
         .events_until(WAIT, |e| {
             e.iter()
                 .filter(|e| e["type"] == "wfm.schedule.change.rejected")
@@ -784,19 +789,19 @@ async fn every_validation_code_is_rejected_with_that_code() {
         .await;
     for (code, _) in &cases {
         let event = app
-            .tap
+            .collector
             .events_of("schedule.change.rejected")
             .into_iter()
             .find(|e| e["data"]["changeId"] == format!("code-{code}"))
             .unwrap_or_else(|| panic!("no rejection for {code}"));
         assert_eq!(event["data"]["errors"][0]["code"], *code, "{event}");
     }
-    app.tap.dead_letters(cases.len(), WAIT).await;
+    app.collector.dead_letters(cases.len(), WAIT).await;
     let mut dead: Vec<String> = app
-        .tap
-        .seen_dead
+        .collector
+        .dead()
         .iter()
-        .map(|(_, h)| header(h, "x-error-code").unwrap())
+        .map(|d| header(&d.headers, "x-error-code").unwrap())
         .collect();
     let mut want: Vec<String> = cases.iter().map(|(c, _)| (*c).to_owned()).collect();
     dead.sort();

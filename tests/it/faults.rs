@@ -1,17 +1,15 @@
 //! Fault injection (docs/reliability.md): the real broker, the in-process
 //! simulator and the worker as a separate process, a few thousand changes
-//! over many calendars, and the exact verdict of `common::faults::verdict`.
+//! over many calendars, and the exact verdict of `support::scenario::verdict`.
 //!
 //! The scenarios of this file run one at a time (a shared lock): each one
 //! loads the machine's two cores, and timing-sensitive faults (kill -9 every
 //! few seconds, SIGTERM deadlines) must not compete with another scenario.
 //! The broker restart lives in `tests/fault_broker_restart.rs`, alone.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{fast_sim, faults::*, settings, sim};
+use crate::support::*;
 use cxone_schedule_worker::sim::{FaultsPatch, SimConfig};
 use rand::Rng;
 use tokio::time::Instant;
@@ -64,7 +62,7 @@ async fn kill9_every_few_seconds_loses_nothing() {
         sim.stats(),
         started.elapsed()
     );
-    finish_scenario(publisher, collector, sim).await;
+    finish_test(publisher, collector, sim).await;
 }
 
 /// A double fault: the worker's broker connection is closed under load,
@@ -130,7 +128,7 @@ async fn connection_loss_then_kill9_loses_nothing() {
         sim.stats(),
         started.elapsed()
     );
-    finish_scenario(publisher, collector, sim).await;
+    finish_test(publisher, collector, sim).await;
 }
 
 /// CXone misbehaves in every way at once: 20% 503s, a 429 storm with
@@ -212,7 +210,7 @@ async fn cxone_faults_end_every_change_completed_or_failed() {
         "FAULT cxone: {report:?} sim={stats:?} elapsed={:?}",
         started.elapsed()
     );
-    finish_scenario(publisher, collector, sim).await;
+    finish_test(publisher, collector, sim).await;
 }
 
 /// SIGTERM under load, twice: each time the worker exits 0 within
@@ -292,7 +290,7 @@ async fn sigterm_under_load_exits_in_time_and_loses_nothing() {
         sim.stats(),
         started.elapsed()
     );
-    finish_scenario(publisher, collector, sim).await;
+    finish_test(publisher, collector, sim).await;
 }
 
 /// What a hostile message must come to.
@@ -320,10 +318,14 @@ fn json_props(id: &str) -> lapin::BasicProperties {
 fn good(id: &str, agent: &str) -> Vec<u8> {
     // Each valid change alone in its calendar, so it is the first (and only)
     // change of its batch: its own headers are the ones the import uses.
-    common::change(
+    crate::support::change(
         id,
         &format!("hostile-{id}"),
-        &[(agent, &common::at(15, 8), &common::at(15, 16))],
+        &[(
+            agent,
+            &crate::support::at(15, 8),
+            &crate::support::at(15, 16),
+        )],
     )
 }
 
@@ -689,5 +691,5 @@ async fn hostile_input_is_rejected_without_crashing_or_bloating() {
         corpus.len(),
         started.elapsed()
     );
-    finish_scenario(publisher, collector, sim).await;
+    finish_test(publisher, collector, sim).await;
 }
