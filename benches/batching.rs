@@ -11,7 +11,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use cxone_schedule_worker::{
     config::Limits,
     domain::{MessageMeta, ValidChange, ValidationMode, parse_change},
-    pipeline::coordinator::BatchRules,
+    pipeline::batch::BatchRules,
 };
 use serde_json::json;
 

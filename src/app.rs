@@ -24,11 +24,11 @@ use crate::{
     cxone::{CxoneClient, CxoneError},
     http::{self, HttpState},
     pipeline::{
-        consumer::{self, ConsumerConfig, Control},
-        coordinator::{self, Coordinator},
+        batch::{self as coordinator, Coordinator},
         import::{self, ImportContext},
         jobs::{JobRegistry, PollPolicy},
         settle::Outbound,
+        source::{self as consumer, ConsumerConfig, Control},
     },
     telemetry,
 };

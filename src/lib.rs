@@ -28,4 +28,5 @@ pub mod domain;
 pub mod http;
 pub mod pipeline;
 pub mod sim;
+mod substring;
 pub mod telemetry;

@@ -6,9 +6,13 @@
 //! the broker redelivers them, as CONTRACT section 4 requires.
 
 mod acks;
+pub mod barrier;
+pub mod delivery;
 mod topology;
 
 pub use acks::{AckTracker, MULTIPLE_ACK_CHUNK, STRAGGLER_DELAY};
+pub use barrier::{AckedThrough, ack_all};
+pub use delivery::{InboundMessage, PropsInterner};
 pub use topology::{
     declare_topology, delete_topology, members_exchange_name, partition_exchange_name,
     partition_queue_name, webhook_relay_exchange_name,

@@ -7,13 +7,15 @@ use tokio::{sync::mpsc, time::Instant};
 use tracing::Instrument;
 
 use super::{
-    AckedThrough, InboundMessage,
-    coordinator::{Batch, Input, ParseSettings},
+    batch::{Batch, Input, ParseSettings},
     events::{self, ErrorInfo, Timings},
     jobs::{JobEnd, JobRegistry, PollPolicy, follow},
     settle::Outbound,
 };
-use crate::cxone::{CxoneClient, JobStatus};
+use crate::{
+    amqp::{AckedThrough, InboundMessage},
+    cxone::{CxoneClient, JobStatus},
+};
 
 /// Everything an import needs, shared by all of them.
 pub struct ImportContext {

@@ -10,8 +10,10 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{AckedThrough, InboundMessage, ack_all, events};
-use crate::amqp::{AmqpError, Confirm, Publisher, persistent};
+use super::events;
+use crate::amqp::{
+    AckedThrough, AmqpError, Confirm, InboundMessage, Publisher, ack_all, persistent,
+};
 
 /// The current publisher; `None` while the broker connection is down.
 pub type PublisherWatch = watch::Receiver<Option<Publisher>>;

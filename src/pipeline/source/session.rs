@@ -1,136 +1,39 @@
-//! The broker side of the worker: one connection at a time, rebuilt after a
-//! loss, feeding deliveries into the pipeline.
+//! One broker connection: topology, subscriptions, deliveries, partitions.
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
 use futures_util::{FutureExt, StreamExt};
 use lapin::{
-    BasicProperties, Channel, Connection,
+    Channel, Connection,
     options::{
-        BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-        QueueBindOptions, QueueDeclareOptions,
+        BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions,
+        QueueDeclareOptions,
     },
     types::{AMQPValue, FieldTable, ShortString},
 };
 use std::collections::{HashMap, VecDeque};
 use tokio::{sync::watch, time::Instant};
 use tokio_stream::StreamMap;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::Instrument;
+use tokio_util::task::TaskTracker;
 
 use super::{
-    InboundMessage, PropsInterner,
-    coordinator::{Accepted, Intake, ParseSettings},
-    events,
-    jobs::JobRegistry,
-    membership::{HEARTBEAT, Members},
-    settle::Outbound,
+    ConsumerConfig, Control,
+    intake::{process, take},
+    partitions::{HEARTBEAT, Heartbeat, Members, send_heartbeat},
+    per_queue_prefetch,
 };
 use crate::{
-    amqp::{self, AckTracker, AmqpError, Publisher},
-    config::AmqpSettings,
+    amqp::{self, AckTracker, AmqpError, InboundMessage, PropsInterner, Publisher},
     cxone::webhook::WebhookEvent,
-    domain::{self, Rejection},
+    pipeline::{batch::Intake, settle::Outbound},
 };
 
-/// What the connection manager needs to know.
-pub struct ConsumerConfig {
-    pub amqp: AmqpSettings,
-    pub prefetch: u16,
-    /// `batch.max_wait_ms`: how the ack pace judges the broker's refills.
-    pub batch_max_wait: Duration,
-    /// How bodies are parsed (imports parse them again the same way).
-    pub parse: ParseSettings,
-    pub connection_name: String,
-    /// CloudEvents `source` for rejection events.
-    pub source: String,
-    /// Jobs this replica follows: webhook notices relayed by other replicas land here.
-    pub jobs: JobRegistry,
-}
-
-/// Signals between the connection manager and the rest of the app.
-pub struct Control {
-    /// Stop taking deliveries (shutdown has begun).
-    pub stop_consuming: CancellationToken,
-    /// Cancelled by the manager once it no longer consumes.
-    pub consumer_stopped: CancellationToken,
-    /// Close the connection (the pipeline has drained or given up).
-    pub close: CancellationToken,
-    /// Broker connection and channels are up: what `/readyz` reports.
-    pub ready: Arc<AtomicBool>,
-}
-
-enum SessionEnd {
+pub(super) enum SessionEnd {
     Lost,
     Closed,
-}
-
-/// Runs connections until `control.close`; reconnects with backoff after a
-/// loss. Returns an error only for problems reconnecting cannot fix (a
-/// topology that conflicts with what is on the broker).
-pub async fn run(
-    cfg: ConsumerConfig,
-    publisher: watch::Sender<Option<Publisher>>,
-    coordinator: Intake,
-    outbound: Outbound,
-    tasks: TaskTracker,
-    control: Control,
-) -> Result<(), AmqpError> {
-    let mut attempt = 0u32;
-    loop {
-        if control.close.is_cancelled() {
-            break;
-        }
-        let started = Instant::now();
-        match session(&cfg, &publisher, &coordinator, &outbound, &tasks, &control).await {
-            Ok(SessionEnd::Closed) => break,
-            Ok(SessionEnd::Lost) => {
-                tracing::warn!(
-                    "broker connection lost; reconnecting (unacked deliveries will be redelivered)"
-                );
-            }
-            Err(e) if !e.is_transient() => {
-                control.ready.store(false, Ordering::SeqCst);
-                publisher.send_replace(None);
-                control.consumer_stopped.cancel();
-                return Err(e);
-            }
-            Err(e) => tracing::warn!(error = %e, "broker unavailable; retrying"),
-        }
-        control.ready.store(false, Ordering::SeqCst);
-        metrics::gauge!("csw_broker_connected").set(0.0);
-        publisher.send_replace(None);
-        metrics::counter!("csw_broker_reconnects_total").increment(1);
-        if started.elapsed() > Duration::from_secs(30) {
-            attempt = 0;
-        }
-        let delay = amqp::reconnect_delay(
-            attempt,
-            cfg.amqp.reconnect_initial_ms,
-            cfg.amqp.reconnect_max_ms,
-        );
-        attempt = attempt.saturating_add(1);
-        // Not connected means not consuming: a shutdown that starts now must
-        // not wait for a consumer to stop.
-        if control.stop_consuming.is_cancelled() {
-            control.consumer_stopped.cancel();
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = control.stop_consuming.cancelled(), if !control.consumer_stopped.is_cancelled() => {
-                control.consumer_stopped.cancel();
-            }
-            _ = control.close.cancelled() => break,
-        }
-    }
-    control.consumer_stopped.cancel();
-    Ok(())
 }
 
 /// One consumed queue (the inbound queue, or one partition) on its own channel.
@@ -188,13 +91,7 @@ async fn subscribe(
     })
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Heartbeat {
-    instance: String,
-    leaving: bool,
-}
-
-async fn session(
+pub(super) async fn session(
     cfg: &ConsumerConfig,
     publisher_tx: &watch::Sender<Option<Publisher>>,
     coordinator: &Intake,
@@ -467,23 +364,6 @@ async fn fanout_stream(ch: &Channel, exchange: &str) -> Result<lapin::Consumer, 
     })
 }
 
-async fn send_heartbeat(ch: &Channel, exchange: &str, me: &str, leaving: bool) {
-    let body = serde_json::to_vec(&Heartbeat {
-        instance: me.to_owned(),
-        leaving,
-    })
-    .expect("heartbeat serialises");
-    let _ = ch
-        .basic_publish(
-            exchange.into(),
-            "".into(),
-            BasicPublishOptions::default(),
-            &body,
-            BasicProperties::default(),
-        )
-        .await;
-}
-
 /// Every this many delivery tags, a `csw::timeline` debug event: with the
 /// multiple acks (same target) and the imports' info lines it shows how a
 /// drain's rounds of delivery, import and settlement line up
@@ -503,17 +383,6 @@ async fn next_of(
     }
 }
 
-/// Each partition queue's share of `amqp.prefetch`.
-fn per_queue_prefetch(prefetch: u16, partitions: u16) -> u16 {
-    (prefetch / partitions.max(1)).max(1)
-}
-
-/// The most deliveries the broker lets this worker hold at once: every
-/// queue's prefetch, when it consumes every partition.
-pub fn window(prefetch: u16, partitions: u16) -> usize {
-    usize::from(per_queue_prefetch(prefetch, partitions)) * usize::from(partitions.max(1))
-}
-
 fn consume_args() -> FieldTable {
     let mut args = FieldTable::default();
     // Consumer priorities let single-active-consumer partitions prefer live replicas.
@@ -524,125 +393,5 @@ fn consume_args() -> FieldTable {
 async fn close_quietly(conn: &Connection) {
     if conn.status().connected() {
         let _ = tokio::time::timeout(Duration::from_secs(5), conn.close(200, "bye".into())).await;
-    }
-}
-
-/// Takes a delivery off lapin's hands in the compact form the worker keeps
-/// it in: registered for its ack, properties shared with the previous
-/// delivery's where equal. Cheap, so lapin's own buffer is drained quickly.
-fn take(
-    delivery: lapin::message::Delivery,
-    tracker: &Arc<AckTracker>,
-    interner: &mut PropsInterner,
-    received_total: &metrics::Counter,
-) -> InboundMessage {
-    tracker.register(delivery.delivery_tag);
-    received_total.increment(1);
-    InboundMessage::new(
-        delivery.delivery_tag,
-        tracker.clone(),
-        delivery.data,
-        delivery.routing_key.as_str(),
-        delivery.properties,
-        interner,
-        delivery.redelivered,
-    )
-}
-
-/// Validates a taken delivery and hands it to its batch, or to settlement
-/// as a rejection.
-fn process(
-    cfg: &ConsumerConfig,
-    mut msg: InboundMessage,
-    coordinator: &Intake,
-    outbound: &Outbound,
-    tasks: &TaskTracker,
-) {
-    // One span per delivery, at debug level: at the default `info` filter it
-    // costs nothing on the hot path; batches and imports have info spans.
-    let span = tracing::debug_span!(
-        "delivery",
-        delivery_tag = msg.tag,
-        redelivered = msg.redelivered,
-        change_id = tracing::field::Empty,
-        calendar_id = tracing::field::Empty,
-    );
-    let _entered = span.enter();
-    let started = Instant::now();
-    let parsed = domain::parse_change(
-        msg.body(),
-        &msg.meta(),
-        &cfg.parse.limits,
-        cfg.parse.default_mode,
-    );
-    let validation = started.elapsed();
-    match &parsed {
-        Ok(c) => {
-            span.record("change_id", c.change_id.as_str());
-            span.record("calendar_id", c.calendar_id.as_str());
-        }
-        Err(r) => {
-            span.record("change_id", r.change_id.as_str());
-        }
-    }
-    tracing::debug!(valid = parsed.is_ok(), "delivery validated");
-    match parsed {
-        Ok(change) => {
-            msg.set_change_id(&change.change_id);
-            coordinator.add(Accepted {
-                change,
-                msg,
-                validation,
-            });
-        }
-        Err(rejection) => {
-            let outbound = outbound.clone();
-            let source = cfg.source.clone();
-            let span = tracing::info_span!("rejection", change_id = %rejection.change_id);
-            crate::telemetry::adopt_parent(&span, msg.traceparent());
-            tasks.spawn(
-                async move { settle_rejection(&outbound, &source, rejection, msg).await }
-                    .instrument(span),
-            );
-        }
-    }
-}
-
-async fn settle_rejection(
-    outbound: &Outbound,
-    source: &str,
-    rejection: Rejection,
-    msg: InboundMessage,
-) {
-    let code = rejection.primary_code();
-    metrics::counter!("csw_changes_rejected_total", "code" => code.as_str()).increment(1);
-    tracing::info!(change_id = %rejection.change_id, %code, "change rejected: {}", rejection.summary());
-    let traceparent = crate::telemetry::outgoing_traceparent(msg.traceparent());
-    let tp = traceparent.as_deref();
-    let event = events::encode(
-        events::REJECTED,
-        &rejection.change_id,
-        source,
-        rejection.calendar_id.as_deref(),
-        tp,
-        &events::Rejected {
-            change_id: &rejection.change_id,
-            calendar_id: rejection.calendar_id.as_deref(),
-            message_id: msg.message_id(),
-            errors: &rejection.errors,
-        },
-    );
-    if let Err(e) = outbound
-        .settle(
-            None,
-            events::REJECTED,
-            event,
-            tp,
-            Some((code.as_str(), &rejection.summary())),
-            &[&msg],
-        )
-        .await
-    {
-        tracing::warn!(error = %e, "rejection left unacked; the broker will redeliver it");
     }
 }

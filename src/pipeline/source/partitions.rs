@@ -22,6 +22,7 @@ use std::{
     time::Duration,
 };
 
+use lapin::{BasicProperties, Channel, options::BasicPublishOptions};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
@@ -91,6 +92,29 @@ impl Members {
             .filter(|p| owner(live.iter().copied(), *p) == Some(self.me.as_str()))
             .collect()
     }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(super) struct Heartbeat {
+    pub(super) instance: String,
+    pub(super) leaving: bool,
+}
+
+pub(super) async fn send_heartbeat(ch: &Channel, exchange: &str, me: &str, leaving: bool) {
+    let body = serde_json::to_vec(&Heartbeat {
+        instance: me.to_owned(),
+        leaving,
+    })
+    .expect("heartbeat serialises");
+    let _ = ch
+        .basic_publish(
+            exchange.into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            &body,
+            BasicProperties::default(),
+        )
+        .await;
 }
 
 #[cfg(test)]
