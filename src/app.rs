@@ -78,7 +78,7 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
     tracing::info!(http = %handle.http_addr, instance = %handle.instance_id, "worker started");
     let stop = handle.shutdown.clone();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        crate::shutdown::shutdown_signal().await;
         tracing::info!("shutdown requested");
         stop.cancel();
     });
@@ -248,25 +248,4 @@ pub async fn start(settings: Settings) -> Result<AppHandle, AppError> {
         shutdown,
         join,
     })
-}
-
-/// Resolves on the first SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {},
-                    _ = term.recv() => {},
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

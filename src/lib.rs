@@ -27,6 +27,7 @@ pub mod cxone;
 pub mod domain;
 pub mod http;
 pub mod pipeline;
+pub mod shutdown;
 pub mod sim;
 mod substring;
 pub mod telemetry;
