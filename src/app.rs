@@ -24,11 +24,11 @@ use crate::{
     cxone::{CxoneClient, CxoneError},
     http::{self, HttpState},
     pipeline::{
-        batch::{self as coordinator, Coordinator},
+        batch::{self as coordinator, Scheduler},
         import::{self, ImportContext},
         jobs::{JobRegistry, PollPolicy},
         settle::Outbound,
-        source::{self as consumer, ConsumerConfig, Control},
+        source::{self as consumer, Control, SourceConfig},
     },
     telemetry,
 };
@@ -141,7 +141,7 @@ pub async fn start(settings: Settings) -> Result<AppHandle, AppError> {
         parse: parse.clone(),
     });
     let import_tasks = tasks.clone();
-    let coordinator = Coordinator::new(
+    let coordinator = Scheduler::new(
         coordinator::Limits {
             max_entries: settings.batch.max_entries,
             max_wait: settings.batch_max_wait(),
@@ -176,7 +176,7 @@ pub async fn start(settings: Settings) -> Result<AppHandle, AppError> {
         })
     };
 
-    let consumer_cfg = ConsumerConfig {
+    let consumer_cfg = SourceConfig {
         amqp: settings.amqp.clone(),
         prefetch: settings.effective_prefetch(),
         batch_max_wait: settings.batch_max_wait(),

@@ -15,13 +15,13 @@ const ACK_STALL: std::time::Duration = std::time::Duration::from_millis(100);
 /// coalesced acks already have, and makes sure the broker processed them
 /// ([`AckTracker::confirm_through`]).
 #[derive(Default)]
-pub struct AckedThrough(Vec<(Arc<AckTracker>, u64)>);
+pub struct AckBarrier(Vec<(Arc<AckTracker>, u64)>);
 
-impl AckedThrough {
+impl AckBarrier {
     /// Whether nothing is left to make sure of: the broker processed acks
     /// past these tags on every channel, or the channel closed (the broker
     /// redelivers its deliveries, and their copies are added here when
-    /// they settle again: [`AckedThrough::include`]).
+    /// they settle again: [`AckBarrier::include`]).
     pub fn done(&self) -> bool {
         self.0
             .iter()
@@ -29,7 +29,7 @@ impl AckedThrough {
     }
 
     /// Adds another batch's deliveries.
-    pub fn merge(&mut self, other: AckedThrough) {
+    pub fn merge(&mut self, other: AckBarrier) {
         for (tracker, tag) in &other.0 {
             self.include(tracker, *tag);
         }
@@ -95,7 +95,7 @@ fn by_channel<'a>(
 
 /// Acks a set of deliveries, grouped by the channel they came on; returns
 /// where they end on each channel.
-pub async fn ack_all<'a>(messages: impl IntoIterator<Item = &'a InboundMessage>) -> AckedThrough {
+pub async fn ack_all<'a>(messages: impl IntoIterator<Item = &'a InboundMessage>) -> AckBarrier {
     let mut through = Vec::new();
     for (tracker, tags) in by_channel(messages) {
         if let Err(e) = tracker.settle(&tags).await {
@@ -105,5 +105,5 @@ pub async fn ack_all<'a>(messages: impl IntoIterator<Item = &'a InboundMessage>)
         }
         through.push((tracker, tags.into_iter().max().unwrap_or(0)));
     }
-    AckedThrough(through)
+    AckBarrier(through)
 }

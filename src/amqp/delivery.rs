@@ -10,48 +10,48 @@ use crate::{amqp::AckTracker, substring::find};
 
 /// One delivery, with what settlement needs to dead-letter and ack it.
 ///
-/// Held compactly: a worker holds a whole prefetch window of these while
+/// BatchedChange compactly: a worker holds a whole prefetch window of these while
 /// batches fill. The body and the delivery's own strings (routing key,
 /// message id, change id, traceparent) share one allocation, and a string that occurs
-/// in the body is kept as a span of it: as a rule the routing key is the
+/// in the body is kept as a byte range of it: as a rule the routing key is the
 /// calendar id and the message id is the change id, both in the body.
 /// The AMQP properties other than `message_id` are shared with the
-/// previous delivery's when equal ([`PropsInterner`]).
+/// previous delivery's when equal ([`PropertiesInterner`]).
 pub struct InboundMessage {
     pub tag: u64,
     /// The channel the delivery came on; acks go back through it.
     pub acks: Arc<AckTracker>,
-    contents: Contents,
+    contents: PackedContents,
     pub received_at: Instant,
     /// The broker says an earlier delivery of this message was not acked.
     pub redelivered: bool,
 }
 
 /// A delivery's body, strings and properties in compact form.
-struct Contents {
+struct PackedContents {
     /// The body, then any of the strings below that it does not contain.
     bytes: Box<[u8]>,
     body_len: u32,
-    routing_key: Span,
-    message_id: Span,
-    change_id: Span,
+    routing_key: ByteRange,
+    message_id: ByteRange,
+    change_id: ByteRange,
     /// The `traceparent` header, kept apart so it can travel on.
-    traceparent: Span,
+    traceparent: ByteRange,
     /// The properties with `message_id` blanked when it is set.
     shared: Arc<BasicProperties>,
 }
 
-/// Where a string lives in [`Contents::bytes`], if anywhere. RabbitMQ caps
+/// Where a string lives in [`PackedContents::bytes`], if anywhere. RabbitMQ caps
 /// a message at 512 MiB, so offsets fit in 32 bits and `u32::MAX` is free
 /// to mean "absent".
 #[derive(Clone, Copy)]
-struct Span {
+struct ByteRange {
     at: u32,
     len: u32,
 }
 
-impl Span {
-    const ABSENT: Span = Span {
+impl ByteRange {
+    const ABSENT: ByteRange = ByteRange {
         at: u32::MAX,
         len: 0,
     };
@@ -62,20 +62,20 @@ fn offset(n: usize) -> u32 {
 }
 
 /// Finds `text` in the body, or appends it after everything else.
-fn place(bytes: &mut Vec<u8>, body_len: usize, text: &str) -> Span {
+fn locate_or_append(bytes: &mut Vec<u8>, body_len: usize, text: &str) -> ByteRange {
     let len = offset(text.len());
     if text.is_empty() {
-        return Span { at: 0, len };
+        return ByteRange { at: 0, len };
     }
     if let Some(at) = find(&bytes[..body_len], text.as_bytes()) {
-        return Span {
+        return ByteRange {
             at: offset(at),
             len,
         };
     }
     let at = offset(bytes.len());
     bytes.extend_from_slice(text.as_bytes());
-    Span { at, len }
+    ByteRange { at, len }
 }
 
 impl InboundMessage {
@@ -86,13 +86,13 @@ impl InboundMessage {
         body: Vec<u8>,
         routing_key: &str,
         properties: BasicProperties,
-        interner: &mut PropsInterner,
+        interner: &mut PropertiesInterner,
         redelivered: bool,
     ) -> InboundMessage {
         InboundMessage {
             tag,
             acks,
-            contents: Contents::new(body, routing_key, properties, interner),
+            contents: PackedContents::new(body, routing_key, properties, interner),
             received_at: Instant::now(),
             redelivered,
         }
@@ -150,39 +150,42 @@ impl InboundMessage {
     }
 }
 
-impl Contents {
+impl PackedContents {
     fn new(
         body: Vec<u8>,
         routing_key: &str,
         properties: BasicProperties,
-        interner: &mut PropsInterner,
-    ) -> Contents {
+        interner: &mut PropertiesInterner,
+    ) -> PackedContents {
         let traceparent = crate::amqp::header_str(properties.headers().as_ref(), "traceparent");
         let (shared, message_id) = interner.intern(properties);
         let body_len = body.len();
         let mut bytes = body;
-        let routing_key = place(&mut bytes, body_len, routing_key);
-        let message_id =
-            message_id.map_or(Span::ABSENT, |id| place(&mut bytes, body_len, id.as_str()));
-        let traceparent = traceparent.map_or(Span::ABSENT, |tp| place(&mut bytes, body_len, &tp));
-        Contents {
+        let routing_key = locate_or_append(&mut bytes, body_len, routing_key);
+        let message_id = message_id.map_or(ByteRange::ABSENT, |id| {
+            locate_or_append(&mut bytes, body_len, id.as_str())
+        });
+        let traceparent = traceparent.map_or(ByteRange::ABSENT, |tp| {
+            locate_or_append(&mut bytes, body_len, &tp)
+        });
+        PackedContents {
             bytes: bytes.into_boxed_slice(),
             body_len: offset(body_len),
             routing_key,
             message_id,
-            change_id: Span::ABSENT,
+            change_id: ByteRange::ABSENT,
             traceparent,
             shared,
         }
     }
 
-    fn get(&self, span: Span) -> Option<&str> {
-        (span.at != u32::MAX).then(|| self.text(span))
+    fn get(&self, range: ByteRange) -> Option<&str> {
+        (range.at != u32::MAX).then(|| self.text(range))
     }
 
-    fn text(&self, span: Span) -> &str {
-        let bytes = &self.bytes[span.at as usize..][..span.len as usize];
-        // Spans only ever cover the bytes of a `&str`.
+    fn text(&self, range: ByteRange) -> &str {
+        let bytes = &self.bytes[range.at as usize..][..range.len as usize];
+        // Ranges only ever cover the bytes of a `&str`.
         std::str::from_utf8(bytes).unwrap_or_default()
     }
 
@@ -198,9 +201,9 @@ impl Contents {
         }
         let body_len = self.body_len as usize;
         let mut bytes = std::mem::take(&mut self.bytes).into_vec();
-        let span = place(&mut bytes, body_len, id);
+        let range = locate_or_append(&mut bytes, body_len, id);
         self.bytes = bytes.into_boxed_slice();
-        self.change_id = span;
+        self.change_id = range;
     }
 
     fn properties(&self) -> BasicProperties {
@@ -215,11 +218,11 @@ impl Contents {
 /// Shares equal properties between consecutive deliveries: they differ, as
 /// a rule, only in `message_id`, which [`InboundMessage`] keeps apart.
 #[derive(Default)]
-pub struct PropsInterner {
+pub struct PropertiesInterner {
     last: Option<Arc<BasicProperties>>,
 }
 
-impl PropsInterner {
+impl PropertiesInterner {
     /// The properties with `message_id` blanked (shared when equal to the
     /// last ones), and the `message_id`.
     pub fn intern(
@@ -250,7 +253,7 @@ mod tests {
 
     #[test]
     fn properties_come_back_as_received_and_are_shared() {
-        let mut interner = PropsInterner::default();
+        let mut interner = PropertiesInterner::default();
         let a = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
@@ -259,9 +262,9 @@ mod tests {
         let none = BasicProperties::default().with_content_type("application/json".into());
         let body = br#"{"changeId":"m-2"}"#.to_vec();
         let (ca, cb, cnone) = (
-            Contents::new(body.clone(), "cal", a.clone(), &mut interner),
-            Contents::new(body.clone(), "cal", b.clone(), &mut interner),
-            Contents::new(body.clone(), "cal", none.clone(), &mut interner),
+            PackedContents::new(body.clone(), "cal", a.clone(), &mut interner),
+            PackedContents::new(body.clone(), "cal", b.clone(), &mut interner),
+            PackedContents::new(body.clone(), "cal", none.clone(), &mut interner),
         );
         assert!(
             Arc::ptr_eq(&ca.shared, &cb.shared),
@@ -275,10 +278,10 @@ mod tests {
 
     #[test]
     fn strings_found_in_the_body_are_not_copied() {
-        let mut interner = PropsInterner::default();
+        let mut interner = PropertiesInterner::default();
         let body = br#"{"changeId":"c-1","calendarId":"cal-7"}"#.to_vec();
         let props = BasicProperties::default().with_message_id("c-1".into());
-        let mut c = Contents::new(body.clone(), "cal-7", props, &mut interner);
+        let mut c = PackedContents::new(body.clone(), "cal-7", props, &mut interner);
         c.set_change_id("c-1");
         assert_eq!(c.bytes.len(), body.len(), "all three found in the body");
         assert_eq!(c.body(), &body[..]);
@@ -290,12 +293,12 @@ mod tests {
         // Not in the body (an escaped id, a routing key of another shape):
         // appended after it, and the body reads as received.
         let props = BasicProperties::default().with_message_id("m-\\u00e9".into());
-        let mut c = Contents::new(body.clone(), "other.key", props, &mut interner);
+        let mut c = PackedContents::new(body.clone(), "other.key", props, &mut interner);
         c.set_change_id("é-1");
         assert_eq!(c.body(), &body[..]);
         assert_eq!(c.text(c.routing_key), "other.key");
         assert_eq!(c.get(c.message_id), Some("m-\\u00e9"));
         assert_eq!(c.get(c.change_id), Some("é-1"));
-        assert_eq!(c.text(Span { at: 0, len: 0 }), "");
+        assert_eq!(c.text(ByteRange { at: 0, len: 0 }), "");
     }
 }

@@ -1,13 +1,62 @@
-//! The `POST .../schedules/import` body, built as changes join a batch.
+//! The `POST .../schedules/import` body, written byte for byte as
+//! serialising [`crate::domain::ImportPayload`] would: the CXone JSON shape
+//! of an import lives here and nowhere else.
+//!
+//! A batch keeps each change's delivery rather than its entries; at import
+//! time the entries are copied from the delivery's body where it holds them
+//! exactly as they serialise ([`EntryLocator`]), and serialised again
+//! otherwise ([`ImportBody::push_entries`]).
 
 use crate::{
     domain::{ConflictResolution, ScheduleEntry, ValidationMode},
     substring::find,
 };
 
-pub const BODY_HEAD: &[u8] = br#"{"scheduleEntries":["#;
+const BODY_HEAD: &[u8] = br#"{"scheduleEntries":["#;
 
-pub fn append_entries(body: &mut Vec<u8>, entries: &[ScheduleEntry]) {
+/// Where a delivery's body holds a change's entries exactly as the import
+/// body writes them, comma-joined (compact JSON, fields in the contract's
+/// order, as a publisher serialising its own types writes them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntriesAt {
+    at: u32,
+    len: u32,
+}
+
+/// An import body being written: entries first, then the batch's settings.
+pub struct ImportBody(Vec<u8>);
+
+impl ImportBody {
+    /// An empty body with room for about `entries` entries.
+    pub fn with_capacity(entries: usize) -> ImportBody {
+        let mut body = Vec::with_capacity(BODY_HEAD.len() + 192 * entries + 128);
+        body.extend_from_slice(BODY_HEAD);
+        ImportBody(body)
+    }
+
+    /// Appends entries, serialised.
+    pub fn push_entries(&mut self, entries: &[ScheduleEntry]) {
+        append_entries(&mut self.0, entries);
+    }
+
+    /// Appends the entries that `at` marks in `source` (a delivery's body),
+    /// copied: the same bytes [`ImportBody::push_entries`] would write.
+    pub fn push_copied(&mut self, source: &[u8], at: EntriesAt) {
+        append_span(&mut self.0, source, (at.at, at.len));
+    }
+
+    /// The finished body, ready to post.
+    pub fn finish(
+        self,
+        mode: ValidationMode,
+        conflict: ConflictResolution,
+        calendar_id: &str,
+    ) -> Vec<u8> {
+        finish_body(self.0, mode, conflict, calendar_id)
+    }
+}
+
+fn append_entries(body: &mut Vec<u8>, entries: &[ScheduleEntry]) {
     for entry in entries {
         if body.len() > BODY_HEAD.len() {
             body.push(b',');
@@ -35,22 +84,28 @@ fn entries_span(
 }
 
 /// Finds changes' entries in their bodies ([`entries_span`]), and stops
-/// looking, but for one change in [`EntryCopier::RETRY_EVERY`], once
-/// [`EntryCopier::GIVE_UP_AFTER`] in a row were not there: a publisher
+/// looking, but for one change in [`EntryLocator::RETRY_EVERY`], once
+/// [`EntryLocator::GIVE_UP_AFTER`] in a row were not there: a publisher
 /// whose bodies never hold them so (sorted keys, say) would otherwise pay
 /// for a serialisation and a search per change and gain nothing.
 #[derive(Default)]
-pub struct EntryCopier {
+pub struct EntryLocator {
     scratch: Vec<u8>,
     misses: u32,
     skipped: u32,
 }
 
-impl EntryCopier {
+impl EntryLocator {
     const GIVE_UP_AFTER: u32 = 32;
     const RETRY_EVERY: u32 = 256;
 
-    pub fn span(&mut self, body: &[u8], entries: &[ScheduleEntry]) -> Option<(u32, u32)> {
+    /// Where `body` holds `entries` as the import body writes them, if it does.
+    pub fn locate(&mut self, body: &[u8], entries: &[ScheduleEntry]) -> Option<EntriesAt> {
+        self.span(body, entries)
+            .map(|(at, len)| EntriesAt { at, len })
+    }
+
+    fn span(&mut self, body: &[u8], entries: &[ScheduleEntry]) -> Option<(u32, u32)> {
         if self.misses >= Self::GIVE_UP_AFTER {
             self.skipped += 1;
             if self.skipped < Self::RETRY_EVERY {
@@ -69,7 +124,7 @@ impl EntryCopier {
 }
 
 /// Appends the entries `span` of `source` marks, as [`append_entries`] would.
-pub fn append_span(body: &mut Vec<u8>, source: &[u8], (at, len): (u32, u32)) {
+fn append_span(body: &mut Vec<u8>, source: &[u8], (at, len): (u32, u32)) {
     if len == 0 {
         return;
     }
@@ -80,7 +135,7 @@ pub fn append_span(body: &mut Vec<u8>, source: &[u8], (at, len): (u32, u32)) {
     body.extend_from_slice(&source[at..at + len as usize]);
 }
 
-pub fn finish_body(
+fn finish_body(
     mut body: Vec<u8>,
     mode: ValidationMode,
     conflict: ConflictResolution,
@@ -231,12 +286,12 @@ mod tests {
             r#"{{"entries":[{}]}}"#,
             String::from_utf8(serde_json::to_vec(&entries[0]).unwrap()).unwrap()
         );
-        let mut c = EntryCopier::default();
-        for _ in 0..EntryCopier::GIVE_UP_AFTER {
+        let mut c = EntryLocator::default();
+        for _ in 0..EntryLocator::GIVE_UP_AFTER {
             assert!(c.span(b"{}", &entries).is_none());
         }
         // Given up: even a body that holds them is not searched...
-        for _ in 1..EntryCopier::RETRY_EVERY {
+        for _ in 1..EntryLocator::RETRY_EVERY {
             assert!(c.span(found.as_bytes(), &entries).is_none());
         }
         // ...but for one in RETRY_EVERY, and a find starts over.

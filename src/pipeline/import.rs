@@ -13,7 +13,7 @@ use super::{
     settle::Outbound,
 };
 use crate::{
-    amqp::{AckedThrough, InboundMessage},
+    amqp::{AckBarrier, InboundMessage},
     cxone::{CxoneClient, JobStatus},
 };
 
@@ -77,7 +77,7 @@ pub async fn run(ctx: &ImportContext, mut batch: Batch) {
             None
         }
     };
-    let deliveries = batch.changes.len() + batch.shared.attached();
+    let deliveries = batch.changes.len() + batch.repeats.attached();
     let _ = ctx.coordinator.send(Input::Finished {
         calendar_id,
         change_ids,
@@ -92,7 +92,7 @@ async fn import(
     ctx: &ImportContext,
     batch: &mut Batch,
     change_ids: &[String],
-) -> Option<AckedThrough> {
+) -> Option<AckBarrier> {
     let batch_id = batch_id(&batch.calendar_id, change_ids);
     let calendar_id = batch.calendar_id.as_str();
     tracing::Span::current().record("batch_id", batch_id.as_str());
@@ -135,7 +135,7 @@ async fn import(
     // of the calendar whose acks died with the same channel (the older one
     // is imported again on its way back, and this batch, were it to come
     // back the same, would be replayed, not applied).
-    if batch.shared.attached() == 0 && batch.changes.iter().all(|a| !a.msg.acks.is_open()) {
+    if batch.repeats.attached() == 0 && batch.changes.iter().all(|a| !a.msg.acks.is_open()) {
         tracing::warn!(
             "the broker channel of this batch's deliveries closed before its import; left for the broker to redeliver"
         );
@@ -260,7 +260,7 @@ async fn import(
         polling_ms,
         total_ms: ms(total),
     };
-    let duplicates = batch.shared.take_duplicates();
+    let duplicates = batch.repeats.take_duplicates();
     let messages: Vec<&InboundMessage> = batch
         .changes
         .iter()

@@ -4,7 +4,7 @@
 //!   coordinator and rejected ones to settlement.
 //! - [`batch`]: the per-calendar batcher and import scheduler. Its
 //!   state sits behind one short lock: the consumer adds each valid change
-//!   on its own task ([`batch::Intake`]), and the coordinator task runs
+//!   on its own task ([`batch::Batcher`]), and the coordinator task runs
 //!   the timers, finished imports and draining.
 //! - [`import`]: one task per batch: submit, follow the job (poll or webhook),
 //!   then settle.

@@ -11,9 +11,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::events;
-use crate::amqp::{
-    AckedThrough, AmqpError, Confirm, InboundMessage, Publisher, ack_all, persistent,
-};
+use crate::amqp::{AckBarrier, AmqpError, Confirm, InboundMessage, Publisher, ack_all, persistent};
 
 /// The current publisher; `None` while the broker connection is down.
 pub type PublisherWatch = watch::Receiver<Option<Publisher>>;
@@ -160,7 +158,7 @@ impl Outbound {
         traceparent: Option<&str>,
         dead_letter: Option<(&str, &str)>,
         messages: &[&InboundMessage],
-    ) -> Result<AckedThrough, Abandoned> {
+    ) -> Result<AckBarrier, Abandoned> {
         // An earlier event that could not be sent yet is published first, so
         // listeners still see the batch's events in order.
         let earlier = match earlier {

@@ -10,8 +10,8 @@ use std::{
 
 use super::rules::BatchRules;
 use crate::{
-    amqp::{AckedThrough, InboundMessage},
-    cxone::import_body::{BODY_HEAD, EntryCopier, append_entries, append_span, finish_body},
+    amqp::{AckBarrier, InboundMessage},
+    cxone::import_body::{EntriesAt, EntryLocator, ImportBody},
     domain::{ConflictResolution, ValidChange, ValidationMode},
 };
 
@@ -25,16 +25,16 @@ pub struct Accepted {
 /// State a batch shares with the coordinator after it leaves it: deliveries
 /// of a repeated `changeId` attach here and settle with the batch's outcome.
 #[derive(Default)]
-pub struct BatchShared {
+pub struct Repeats {
     duplicates: Mutex<Option<Vec<InboundMessage>>>,
     /// How many repeats ever attached (they stay counted after settlement
     /// takes them), so the coordinator can count the batch's deliveries.
     attached: AtomicUsize,
 }
 
-impl BatchShared {
-    pub(super) fn new() -> Arc<BatchShared> {
-        Arc::new(BatchShared {
+impl Repeats {
+    pub(super) fn new() -> Arc<Repeats> {
+        Arc::new(Repeats {
             duplicates: Mutex::new(Some(Vec::new())),
             attached: AtomicUsize::new(0),
         })
@@ -71,18 +71,16 @@ impl BatchShared {
 /// entries are rebuilt from its delivery's body at import time
 /// ([`Batch::import_body`]) and its change id is kept by the delivery
 /// ([`InboundMessage::change_id`]).
-pub struct Held {
+pub struct BatchedChange {
     /// A change holds at most `limits.max_entries_per_change` shifts of at
     /// most a day: far below `u32::MAX` minutes.
     pub capacity_minutes: u32,
     /// Validation time in microseconds (saturating).
     pub validation_us: u32,
-    /// Where the body holds the change's entries exactly as the import
-    /// serialises them, comma-joined (compact JSON, fields in the contract's
-    /// order, as a publisher serialising its own types writes it): the
-    /// import copies those bytes instead of
-    /// parsing the body again. `None`: the import parses it again.
-    entries_at: Option<(u32, u32)>,
+    /// Where the body holds the change's entries as the import body writes
+    /// them: the import copies those bytes instead of parsing the body
+    /// again. `None`: the import parses it again.
+    entries_at: Option<EntriesAt>,
     pub msg: InboundMessage,
 }
 
@@ -92,11 +90,11 @@ pub struct Batch {
     pub calendar_id: String,
     pub validation_mode: ValidationMode,
     pub conflict_resolution: ConflictResolution,
-    pub changes: Vec<Held>,
+    pub changes: Vec<BatchedChange>,
     pub entry_count: usize,
-    pub shared: Arc<BatchShared>,
+    pub repeats: Arc<Repeats>,
     /// The calendar's previous batch, when its acks may not all be out yet.
-    pub previous: Option<AckedThrough>,
+    pub previous: Option<AckBarrier>,
     pub(super) seq: u64,
     rules: BatchRules,
 }
@@ -117,7 +115,7 @@ impl Batch {
             conflict_resolution: first.conflict_resolution,
             changes: Vec::new(),
             entry_count: 0,
-            shared: BatchShared::new(),
+            repeats: Repeats::new(),
             previous: None,
             seq,
             rules: BatchRules::new(first),
@@ -128,7 +126,7 @@ impl Batch {
         self.rules.accepts(change, max_entries)
     }
 
-    pub(super) fn push(&mut self, accepted: Accepted, copier: &mut EntryCopier) {
+    pub(super) fn push(&mut self, accepted: Accepted, locator: &mut EntryLocator) {
         let Accepted {
             mut change,
             msg,
@@ -136,8 +134,8 @@ impl Batch {
         } = accepted;
         self.rules.add(&mut change);
         self.entry_count = self.rules.entry_count();
-        let entries_at = copier.span(msg.body(), &change.entries);
-        self.changes.push(Held {
+        let entries_at = locator.locate(msg.body(), &change.entries);
+        self.changes.push(BatchedChange {
             capacity_minutes: u32::try_from(change.capacity_minutes).unwrap_or(u32::MAX),
             validation_us: u32::try_from(validation.as_micros()).unwrap_or(u32::MAX),
             entries_at,
@@ -148,21 +146,20 @@ impl Batch {
     /// The `POST .../schedules/import` body, byte for byte what serialising
     /// the batch's [`crate::domain::ImportPayload`] gives.
     ///
-    /// A held change keeps only its delivery: the body must stay for a
+    /// A batched change keeps only its delivery: the body must stay for a
     /// dead-letter copy anyway, and keeping its serialised entries as well
-    /// was, at a full window of one-entry changes, a sixth of the worker's
-    /// heap. Where the body already holds them byte for byte as they
-    /// serialise ([`Held`]'s `entries_at`, checked when the change joined
-    /// the batch), those bytes are copied. Otherwise the body is parsed
+    /// would about double what a full window of waiting changes takes. Where
+    /// the body already holds them byte for byte as they serialise
+    /// ([`BatchedChange`]'s `entries_at`, checked when the change joined the
+    /// batch), those bytes are copied. Otherwise the body is parsed
     /// again here, as the consumer parsed it (same settings, same result);
     /// an error means exactly that broke, and fails the batch rather than
     /// sending something else.
     pub fn import_body(&self, parse: &ParseSettings) -> Result<Vec<u8>, String> {
-        let mut body = Vec::with_capacity(BODY_HEAD.len() + 192 * self.entry_count + 128);
-        body.extend_from_slice(BODY_HEAD);
+        let mut body = ImportBody::with_capacity(self.entry_count);
         for held in &self.changes {
-            if let Some(span) = held.entries_at {
-                append_span(&mut body, held.msg.body(), span);
+            if let Some(at) = held.entries_at {
+                body.push_copied(held.msg.body(), at);
                 continue;
             }
             let change = crate::domain::parse_change(
@@ -179,10 +176,9 @@ impl Batch {
                     r.summary()
                 )
             })?;
-            append_entries(&mut body, &change.entries);
+            body.push_entries(&change.entries);
         }
-        Ok(finish_body(
-            body,
+        Ok(body.finish(
             self.validation_mode,
             self.conflict_resolution,
             &self.calendar_id,

@@ -1,7 +1,7 @@
 //! The per-calendar batcher and import scheduler (CONTRACT section 4).
 //!
-//! All batching state is one [`Coordinator`] behind a short lock: the
-//! consumer adds each valid change on its own task ([`Intake`]), with no
+//! All batching state is one [`Scheduler`] behind a short lock: the
+//! consumer adds each valid change on its own task ([`Batcher`]), with no
 //! queue of parsed changes in between, and the coordinator task handles
 //! timers, finished imports and draining. Per calendar there is at most one
 //! open batch (still taking changes), a queue of closed batches (in delivery
@@ -17,9 +17,9 @@ pub mod dedup;
 pub mod rules;
 pub mod scheduler;
 
-pub use batch::{Accepted, Batch, BatchShared, Held, ParseSettings};
+pub use batch::{Accepted, Batch, BatchedChange, ParseSettings, Repeats};
 pub use rules::BatchRules;
-pub use scheduler::{Coordinator, Dispatch, Input, Intake, Limits};
+pub use scheduler::{Batcher, Dispatch, Input, Limits, Scheduler};
 
 use std::collections::{HashMap, HashSet};
 

@@ -14,15 +14,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     StrMap, StrSet,
-    batch::{Accepted, Batch, BatchShared},
-    dedup::{IdHasher, IdKey, KeyIsHash, Recent},
+    batch::{Accepted, Batch, Repeats},
+    dedup::{IdHash, IdHasher, PrehashedBuild, SettledIds},
 };
 use crate::{
-    amqp::{AckedThrough, ack_all},
-    cxone::import_body::EntryCopier,
+    amqp::{AckBarrier, ack_all},
+    cxone::import_body::EntryLocator,
 };
 
-/// What the coordinator task hears (changes come in through [`Intake`]).
+/// What the coordinator task hears (changes come in through [`Batcher`]).
 pub enum Input {
     /// An import ended: the calendar is free again. `acked` when its event
     /// was published and its deliveries acked (or on their way: the
@@ -32,7 +32,7 @@ pub enum Input {
         change_ids: Vec<String>,
         /// How many deliveries the batch held, repeats of a changeId included.
         deliveries: usize,
-        acked: Option<AckedThrough>,
+        acked: Option<AckBarrier>,
     },
 }
 
@@ -104,7 +104,7 @@ pub struct Limits {
 /// when the batch is settled.
 pub type Dispatch = Box<dyn FnMut(Batch) + Send>;
 
-pub struct Coordinator {
+pub struct Scheduler {
     limits: Limits,
     dispatch: Dispatch,
     calendars: StrMap<Calendar>,
@@ -114,15 +114,15 @@ pub struct Coordinator {
     /// (deadline, calendar, batch seq) in opening order, hence deadline order.
     ages: VecDeque<(Instant, String, u64)>,
     /// changeId → the batch holding it, while open, queued or in flight.
-    owners: HashMap<IdKey, Arc<BatchShared>, KeyIsHash>,
+    owners: HashMap<IdHash, Arc<Repeats>, PrehashedBuild>,
     /// changeIds whose import settled lately: a redelivered copy of one
     /// (its ack was lost with a connection) is acked without importing it
     /// again, which could reorder the calendar.
-    recent: Recent,
+    settled_ids: SettledIds,
     ids: IdHasher,
     /// Per calendar, its last settled batch while that batch's acks may
     /// still be coalescing: the calendar's next import acks them first.
-    previous: StrMap<AckedThrough>,
+    previous: StrMap<AckBarrier>,
     in_flight: usize,
     /// Deliveries in batches (open, queued or in flight), repeats included.
     held: usize,
@@ -135,8 +135,8 @@ pub struct Coordinator {
     closed: [metrics::Counter; 5],
     /// `csw_changes_joined_waiting_total`.
     late_joins: metrics::Counter,
-    /// Finds a joining change's entries in its body ([`Held`]).
-    copier: EntryCopier,
+    /// Finds a joining change's entries in its body ([`BatchedChange`]).
+    locator: EntryLocator,
 }
 
 /// Calendars whose last batch's acks may still be out, past which those
@@ -149,13 +149,13 @@ const PREVIOUS_PRUNE_AT: usize = 1024;
 /// window in its largest form; a batch keeps a change as its serialised
 /// entries and its delivery.)
 #[derive(Clone)]
-pub struct Intake {
-    state: Arc<parking_lot::Mutex<Coordinator>>,
+pub struct Batcher {
+    state: Arc<parking_lot::Mutex<Scheduler>>,
     /// Wakes the coordinator task when a batch opens with no other timer set.
     opened: Arc<Notify>,
 }
 
-impl Intake {
+impl Batcher {
     pub fn add(&self, accepted: Accepted) {
         let mut c = self.state.lock();
         let timers_before = c.ages.len();
@@ -169,9 +169,9 @@ impl Intake {
     }
 }
 
-impl Coordinator {
+impl Scheduler {
     pub fn new(limits: Limits, dispatch: impl FnMut(Batch) + Send + 'static) -> Self {
-        Coordinator {
+        Scheduler {
             limits,
             dispatch: Box::new(dispatch),
             calendars: StrMap::default(),
@@ -179,7 +179,7 @@ impl Coordinator {
             ready_set: StrSet::default(),
             ages: VecDeque::new(),
             owners: HashMap::default(),
-            recent: Recent::default(),
+            settled_ids: SettledIds::default(),
             ids: IdHasher::default(),
             previous: StrMap::default(),
             in_flight: 0,
@@ -190,26 +190,30 @@ impl Coordinator {
             closed: Trigger::ALL
                 .map(|t| metrics::counter!("csw_batches_closed_total", "trigger" => t.as_str())),
             late_joins: metrics::counter!("csw_changes_joined_waiting_total"),
-            copier: EntryCopier::default(),
+            locator: EntryLocator::default(),
         }
     }
 
-    /// Splits the coordinator into the consumer's [`Intake`] and the task
+    /// Splits the coordinator into the consumer's [`Batcher`] and the task
     /// that runs timers, finished imports and draining: it returns when
     /// `drain` is cancelled and every batch has been imported and settled.
     pub fn start(
         self,
         rx: mpsc::UnboundedReceiver<Input>,
         drain: CancellationToken,
-    ) -> (Intake, impl Future<Output = ()> + Send + 'static) {
-        let intake = Intake {
+    ) -> (Batcher, impl Future<Output = ()> + Send + 'static) {
+        let intake = Batcher {
             state: Arc::new(parking_lot::Mutex::new(self)),
             opened: Arc::new(Notify::new()),
         };
         (intake.clone(), Self::run(intake, rx, drain))
     }
 
-    async fn run(intake: Intake, mut rx: mpsc::UnboundedReceiver<Input>, drain: CancellationToken) {
+    async fn run(
+        intake: Batcher,
+        mut rx: mpsc::UnboundedReceiver<Input>,
+        drain: CancellationToken,
+    ) {
         loop {
             let (draining, next_age) = {
                 let c = intake.state.lock();
@@ -287,7 +291,7 @@ impl Coordinator {
                     let key = self.ids.key(id);
                     self.owners.remove(&key);
                     if settled {
-                        self.recent.insert(key);
+                        self.settled_ids.insert(key);
                     }
                 }
                 self.in_flight -= 1;
@@ -307,7 +311,7 @@ impl Coordinator {
     fn add(&mut self, accepted: Accepted) {
         self.accepted_total.increment(1);
         let key = self.ids.key(&accepted.change.change_id);
-        if accepted.msg.redelivered && self.recent.contains(key) {
+        if accepted.msg.redelivered && self.settled_ids.contains(key) {
             metrics::counter!("csw_changes_redelivered_settled_total").increment(1);
             tracing::info!(change_id = %accepted.change.change_id, "redelivered change already imported and settled; acking it without importing again");
             // The calendar's next import makes sure this ack reached the
@@ -365,8 +369,8 @@ impl Coordinator {
             && let Some(waiting) = cal.closed.back_mut()
             && waiting.accepts(&accepted.change, max)
         {
-            self.owners.insert(key, waiting.shared.clone());
-            waiting.push(accepted, &mut self.copier);
+            self.owners.insert(key, waiting.repeats.clone());
+            waiting.push(accepted, &mut self.locator);
             self.late_joins.increment(1);
             return;
         }
@@ -396,8 +400,8 @@ impl Coordinator {
             ));
         }
         let open = cal.open.as_mut().expect("just ensured");
-        self.owners.insert(key, open.shared.clone());
-        open.push(accepted, &mut self.copier);
+        self.owners.insert(key, open.repeats.clone());
+        open.push(accepted, &mut self.locator);
         if open.entry_count >= max {
             self.closed[Trigger::Full as usize].increment(1);
             cal.closed.push_back(cal.open.take().expect("present"));

@@ -6,12 +6,12 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::ConsumerConfig;
+use super::SourceConfig;
 use crate::{
-    amqp::{AckTracker, InboundMessage, PropsInterner},
+    amqp::{AckTracker, InboundMessage, PropertiesInterner},
     domain::{self, Rejection},
     pipeline::{
-        batch::{Accepted, Intake},
+        batch::{Accepted, Batcher},
         events,
         settle::Outbound,
     },
@@ -23,7 +23,7 @@ use crate::{
 pub(super) fn take(
     delivery: lapin::message::Delivery,
     tracker: &Arc<AckTracker>,
-    interner: &mut PropsInterner,
+    interner: &mut PropertiesInterner,
     received_total: &metrics::Counter,
 ) -> InboundMessage {
     tracker.register(delivery.delivery_tag);
@@ -42,9 +42,9 @@ pub(super) fn take(
 /// Validates a taken delivery and hands it to its batch, or to settlement
 /// as a rejection.
 pub(super) fn process(
-    cfg: &ConsumerConfig,
+    cfg: &SourceConfig,
     mut msg: InboundMessage,
-    coordinator: &Intake,
+    coordinator: &Batcher,
     outbound: &Outbound,
     tasks: &TaskTracker,
 ) {

@@ -17,7 +17,7 @@ use tokio::{sync::watch, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
-    batch::{Intake, ParseSettings},
+    batch::{Batcher, ParseSettings},
     jobs::JobRegistry,
     settle::Outbound,
 };
@@ -28,7 +28,7 @@ use crate::{
 use session::{SessionEnd, session};
 
 /// What the connection manager needs to know.
-pub struct ConsumerConfig {
+pub struct SourceConfig {
     pub amqp: AmqpSettings,
     pub prefetch: u16,
     /// `batch.max_wait_ms`: how the ack pace judges the broker's refills.
@@ -58,9 +58,9 @@ pub struct Control {
 /// loss. Returns an error only for problems reconnecting cannot fix (a
 /// topology that conflicts with what is on the broker).
 pub async fn run(
-    cfg: ConsumerConfig,
+    cfg: SourceConfig,
     publisher: watch::Sender<Option<Publisher>>,
-    coordinator: Intake,
+    coordinator: Batcher,
     outbound: Outbound,
     tasks: TaskTracker,
     control: Control,

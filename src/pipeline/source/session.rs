@@ -20,15 +20,15 @@ use tokio_stream::StreamMap;
 use tokio_util::task::TaskTracker;
 
 use super::{
-    ConsumerConfig, Control,
+    Control, SourceConfig,
     intake::{process, take},
     partitions::{HEARTBEAT, Heartbeat, Members, send_heartbeat},
     per_queue_prefetch,
 };
 use crate::{
-    amqp::{self, AckTracker, AmqpError, InboundMessage, PropsInterner, Publisher},
+    amqp::{self, AckTracker, AmqpError, InboundMessage, PropertiesInterner, Publisher},
     cxone::webhook::WebhookEvent,
-    pipeline::{batch::Intake, settle::Outbound},
+    pipeline::{batch::Batcher, settle::Outbound},
 };
 
 pub(super) enum SessionEnd {
@@ -45,7 +45,7 @@ struct Subscription {
 
 async fn subscribe(
     conn: &Connection,
-    cfg: &ConsumerConfig,
+    cfg: &SourceConfig,
     queue: &str,
 ) -> Result<Subscription, AmqpError> {
     let channel = conn
@@ -92,9 +92,9 @@ async fn subscribe(
 }
 
 pub(super) async fn session(
-    cfg: &ConsumerConfig,
+    cfg: &SourceConfig,
     publisher_tx: &watch::Sender<Option<Publisher>>,
-    coordinator: &Intake,
+    coordinator: &Batcher,
     outbound: &Outbound,
     tasks: &TaskTracker,
     control: &Control,
@@ -144,7 +144,7 @@ pub(super) async fn session(
         "connected to the broker"
     );
 
-    let mut props = PropsInterner::default();
+    let mut props = PropertiesInterner::default();
     let mut taken: VecDeque<InboundMessage> = VecDeque::new();
     let received_total = metrics::counter!("csw_changes_received_total");
     let mut health = tokio::time::interval(Duration::from_millis(250));
