@@ -19,13 +19,13 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    amqp::AmqpError,
+    amqp::{AckBarriers, AmqpError},
     config::Settings,
     cxone::{CxoneClient, CxoneError},
     http::{self, HttpState},
     pipeline::{
         batch::{self as coordinator, Scheduler},
-        import::{self, ImportContext},
+        import::{ImportContext, Importer},
         jobs::{JobRegistry, PollPolicy},
         settle::Outbound,
         source::{self as consumer, Control, SourceConfig},
@@ -127,20 +127,24 @@ pub async fn start(settings: Settings) -> Result<AppHandle, AppError> {
         limits: settings.limits,
         default_mode: settings.cxone.default_validation_mode,
     };
-    let ctx = Arc::new(ImportContext {
-        client: client.clone(),
-        jobs: jobs.clone(),
-        outbound: outbound.clone(),
-        poll: PollPolicy {
-            initial: Duration::from_millis(settings.imports.poll_initial_ms),
-            max: Duration::from_millis(settings.imports.poll_max_ms),
-            timeout: Duration::from_secs(settings.imports.job_timeout_s),
+    let barriers = AckBarriers::default();
+    let importer = Importer::new(
+        ImportContext {
+            client: client.clone(),
+            jobs: jobs.clone(),
+            outbound: outbound.clone(),
+            poll: PollPolicy {
+                initial: Duration::from_millis(settings.imports.poll_initial_ms),
+                max: Duration::from_millis(settings.imports.poll_max_ms),
+                timeout: Duration::from_secs(settings.imports.job_timeout_s),
+            },
+            source: source.clone(),
+            ended: coord_tx.clone(),
+            parse: parse.clone(),
+            barriers: barriers.clone(),
         },
-        source: source.clone(),
-        coordinator: coord_tx.clone(),
-        parse: parse.clone(),
-    });
-    let import_tasks = tasks.clone();
+        tasks.clone(),
+    );
     let coordinator = Scheduler::new(
         coordinator::Limits {
             max_entries: settings.batch.max_entries,
@@ -148,10 +152,8 @@ pub async fn start(settings: Settings) -> Result<AppHandle, AppError> {
             max_concurrent: settings.imports.max_concurrent,
             window: consumer::window(settings.effective_prefetch(), settings.amqp.partitions),
         },
-        move |batch| {
-            let ctx = ctx.clone();
-            import_tasks.spawn(async move { import::run(&ctx, batch).await });
-        },
+        importer,
+        barriers,
     );
     let (intake, coordinator_run) = coordinator.start(coord_rx, drain.clone());
     let coordinator_task = tokio::spawn(coordinator_run);

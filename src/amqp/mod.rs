@@ -11,7 +11,7 @@ pub mod delivery;
 mod topology;
 
 pub use acks::{AckTracker, MULTIPLE_ACK_CHUNK, STRAGGLER_DELAY};
-pub use barrier::{AckBarrier, ack_all};
+pub use barrier::{AckBarrier, AckBarriers, ack_all};
 pub use delivery::{InboundMessage, PropertiesInterner};
 pub use topology::{
     declare_topology, delete_topology, members_exchange_name, partition_exchange_name,

@@ -10,7 +10,7 @@ use std::{
 
 use super::rules::BatchRules;
 use crate::{
-    amqp::{AckBarrier, InboundMessage},
+    amqp::InboundMessage,
     cxone::import_body::{EntriesAt, EntryLocator, ImportBody},
     domain::{ConflictResolution, ValidChange, ValidationMode},
 };
@@ -93,8 +93,6 @@ pub struct Batch {
     pub changes: Vec<BatchedChange>,
     pub entry_count: usize,
     pub repeats: Arc<Repeats>,
-    /// The calendar's previous batch, when its acks may not all be out yet.
-    pub previous: Option<AckBarrier>,
     pub(super) seq: u64,
     rules: BatchRules,
 }
@@ -116,7 +114,6 @@ impl Batch {
             changes: Vec::new(),
             entry_count: 0,
             repeats: Repeats::new(),
-            previous: None,
             seq,
             rules: BatchRules::new(first),
         }

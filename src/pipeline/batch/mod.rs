@@ -1,25 +1,23 @@
-//! The per-calendar batcher and import scheduler (CONTRACT section 4).
+//! Batching: valid changes grouped per calendar into imports.
 //!
-//! All batching state is one [`Scheduler`] behind a short lock: the
-//! consumer adds each valid change on its own task ([`Batcher`]), with no
-//! queue of parsed changes in between, and the coordinator task handles
-//! timers, finished imports and draining. Per calendar there is at most one
-//! open batch (still taking changes), a queue of closed batches (in delivery
-//! order), and at most one import in flight; overall at most
-//! `imports.max_concurrent` imports are in flight.
+//! - [`rules`]: which changes may share a batch (same mode, room, no overlap).
+//! - [`batch`]: a batch's changes and the repeated deliveries that settle with it.
+//! - [`dedup`]: which changeIds are batched now or settled lately.
+//! - [`scheduler`]: open and closed batches per calendar, their deadlines,
+//!   and when each goes to the import stage.
 //!
 //! A batch is sent when it is full, when its oldest change has waited
 //! `batch.max_wait_ms`, at shutdown, or when the worker holds its whole
 //! prefetch window with nothing in flight (see [`Limits::window`]).
 
 pub mod batch;
-pub mod dedup;
+mod dedup;
 pub mod rules;
 pub mod scheduler;
 
 pub use batch::{Accepted, Batch, BatchedChange, ParseSettings, Repeats};
 pub use rules::BatchRules;
-pub use scheduler::{Batcher, Dispatch, Input, Limits, Scheduler};
+pub use scheduler::{Batcher, ImportEnded, ImportStage, Limits, Scheduler};
 
 use std::collections::{HashMap, HashSet};
 

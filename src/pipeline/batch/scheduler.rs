@@ -1,4 +1,13 @@
-//! The per-calendar batcher and import scheduler.
+//! The per-calendar batcher and import scheduler (CONTRACT section 4).
+//!
+//! All batching state is one [`Scheduler`] behind a short lock: the source
+//! adds each valid change on its own task ([`Batcher`]), with no queue of
+//! parsed changes in between, and the scheduler task handles timers, ended
+//! imports and draining. Per calendar there is at most one open batch
+//! (still taking changes), a queue of closed batches (in delivery order),
+//! and at most one import in flight; overall at most
+//! `imports.max_concurrent` imports are in flight. A closed batch goes to
+//! the import stage ([`ImportStage`]) when its calendar and a slot are free.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -17,23 +26,25 @@ use super::{
     batch::{Accepted, Batch, Repeats},
     dedup::{IdHash, IdHasher, PrehashedBuild, SettledIds},
 };
-use crate::{
-    amqp::{AckBarrier, ack_all},
-    cxone::import_body::EntryLocator,
-};
+use crate::{amqp::AckBarriers, cxone::import_body::EntryLocator};
 
-/// What the coordinator task hears (changes come in through [`Batcher`]).
-pub enum Input {
-    /// An import ended: the calendar is free again. `acked` when its event
-    /// was published and its deliveries acked (or on their way: the
-    /// calendar's next import makes sure of it first).
-    Finished {
-        calendar_id: String,
-        change_ids: Vec<String>,
-        /// How many deliveries the batch held, repeats of a changeId included.
-        deliveries: usize,
-        acked: Option<AckBarrier>,
-    },
+/// An import ended: its calendar is free again. What the import stage sends
+/// back to the scheduler task.
+pub struct ImportEnded {
+    pub calendar_id: String,
+    pub change_ids: Vec<String>,
+    /// How many deliveries the batch held, repeats of a changeId included.
+    pub deliveries: usize,
+    /// Its event was published and its deliveries acked (or on their way:
+    /// the calendar's next import makes sure of it first); `false` when it
+    /// was abandoned, unacked.
+    pub settled: bool,
+}
+
+/// The stage after batching: imports a batch, then sends [`ImportEnded`].
+pub trait ImportStage: Send {
+    /// Starts importing `batch`; must not block.
+    fn start(&mut self, batch: Batch);
 }
 
 #[derive(Default)]
@@ -51,7 +62,8 @@ impl Calendar {
 
 /// Why a batch stopped taking changes (the `trigger` label of
 /// `csw_batches_closed_total`): a drain that closes many batches by age
-/// rather than full is one whose rounds outlast `batch.max_wait_ms`.
+/// rather than full is one whose imports take longer than
+/// `batch.max_wait_ms` to free their calendars.
 #[derive(Clone, Copy)]
 enum Trigger {
     /// `batch.max_entries` reached (or the next change would not fit).
@@ -90,9 +102,9 @@ pub struct Limits {
     pub max_entries: usize,
     pub max_wait: Duration,
     pub max_concurrent: usize,
-    /// The most deliveries the broker lets this worker hold (the sum of its
-    /// consumers' prefetch); 0 turns the window trigger off. When the
-    /// coordinator holds that many and no import is in flight or waiting,
+    /// The window: the most deliveries the broker lets this worker hold (the
+    /// sum of its consumers' prefetch); 0 turns the window trigger off. When the
+    /// scheduler holds that many and no import is in flight or waiting,
     /// nothing can be delivered, so no batch can grow until one is sent:
     /// every open batch is sent at once instead of waiting out
     /// `batch.max_wait_ms` (the batches are the ones the timer would send,
@@ -100,13 +112,11 @@ pub struct Limits {
     pub window: usize,
 }
 
-/// Starts an import of a batch; whoever runs it sends [`Input::Finished`]
-/// when the batch is settled.
-pub type Dispatch = Box<dyn FnMut(Batch) + Send>;
-
+/// The batching state: open and closed batches per calendar, the ready
+/// calendars, batch deadlines, and which changeIds are batched or settled.
 pub struct Scheduler {
     limits: Limits,
-    dispatch: Dispatch,
+    imports: Box<dyn ImportStage>,
     calendars: StrMap<Calendar>,
     /// Calendars with a closed batch and nothing in flight, oldest first.
     ready: VecDeque<String>,
@@ -120,16 +130,15 @@ pub struct Scheduler {
     /// again, which could reorder the calendar.
     settled_ids: SettledIds,
     ids: IdHasher,
-    /// Per calendar, its last settled batch while that batch's acks may
-    /// still be coalescing: the calendar's next import acks them first.
-    previous: StrMap<AckBarrier>,
+    /// Where a redelivered copy of a settled change is acked.
+    barriers: AckBarriers,
     in_flight: usize,
     /// Deliveries in batches (open, queued or in flight), repeats included.
     held: usize,
     next_seq: u64,
     draining: bool,
     /// Looked up once: `counter!` finds its series by hashing the name on
-    /// every call, which showed in the per-delivery profile.
+    /// every call, and this one counts every delivery.
     accepted_total: metrics::Counter,
     /// `csw_batches_closed_total` by [`Trigger`].
     closed: [metrics::Counter; 5],
@@ -139,19 +148,13 @@ pub struct Scheduler {
     locator: EntryLocator,
 }
 
-/// Calendars whose last batch's acks may still be out, past which those
-/// whose acks went out are forgotten (the acks go within a few seconds).
-const PREVIOUS_PRUNE_AT: usize = 1024;
-
-/// Where the consumer hands valid changes over: straight into the batches,
-/// under a short lock, on the consumer's own task. (A queue of parsed
-/// changes in between held, at the benchmark's peak, most of the prefetch
-/// window in its largest form; a batch keeps a change as its serialised
-/// entries and its delivery.)
+/// Where the source hands valid changes over: straight into the batches,
+/// under a short lock, on the source's own task (a queue of parsed changes
+/// in between would hold much of the window in their largest form).
 #[derive(Clone)]
 pub struct Batcher {
     state: Arc<parking_lot::Mutex<Scheduler>>,
-    /// Wakes the coordinator task when a batch opens with no other timer set.
+    /// Wakes the scheduler task when a batch opens with no other timer set.
     opened: Arc<Notify>,
 }
 
@@ -170,10 +173,10 @@ impl Batcher {
 }
 
 impl Scheduler {
-    pub fn new(limits: Limits, dispatch: impl FnMut(Batch) + Send + 'static) -> Self {
+    pub fn new(limits: Limits, imports: impl ImportStage + 'static, barriers: AckBarriers) -> Self {
         Scheduler {
             limits,
-            dispatch: Box::new(dispatch),
+            imports: Box::new(imports),
             calendars: StrMap::default(),
             ready: VecDeque::new(),
             ready_set: StrSet::default(),
@@ -181,7 +184,7 @@ impl Scheduler {
             owners: HashMap::default(),
             settled_ids: SettledIds::default(),
             ids: IdHasher::default(),
-            previous: StrMap::default(),
+            barriers,
             in_flight: 0,
             held: 0,
             next_seq: 0,
@@ -194,12 +197,12 @@ impl Scheduler {
         }
     }
 
-    /// Splits the coordinator into the consumer's [`Batcher`] and the task
-    /// that runs timers, finished imports and draining: it returns when
+    /// Splits the scheduler into the source's [`Batcher`] and the task
+    /// that runs timers, ended imports and draining: it returns when
     /// `drain` is cancelled and every batch has been imported and settled.
     pub fn start(
         self,
-        rx: mpsc::UnboundedReceiver<Input>,
+        rx: mpsc::UnboundedReceiver<ImportEnded>,
         drain: CancellationToken,
     ) -> (Batcher, impl Future<Output = ()> + Send + 'static) {
         let intake = Batcher {
@@ -211,7 +214,7 @@ impl Scheduler {
 
     async fn run(
         intake: Batcher,
-        mut rx: mpsc::UnboundedReceiver<Input>,
+        mut rx: mpsc::UnboundedReceiver<ImportEnded>,
         drain: CancellationToken,
     ) {
         loop {
@@ -224,8 +227,8 @@ impl Scheduler {
             };
             tokio::select! {
                 biased;
-                input = rx.recv() => match input {
-                    Some(input) => intake.state.lock().handle(input),
+                ended = rx.recv() => match ended {
+                    Some(ended) => intake.state.lock().import_ended(ended),
                     None => return,
                 },
                 _ = drain.cancelled(), if !draining => {
@@ -265,45 +268,29 @@ impl Scheduler {
         self.in_flight == 0 && self.calendars.values().all(Calendar::idle)
     }
 
-    fn handle(&mut self, input: Input) {
-        match input {
-            Input::Finished {
-                calendar_id,
-                change_ids,
-                deliveries,
-                acked,
-            } => {
-                let settled = acked.is_some();
-                if let Some(acked) = acked.filter(|a| !a.done()) {
-                    if self.previous.len() >= PREVIOUS_PRUNE_AT {
-                        self.previous.retain(|_, a| !a.done());
-                    }
-                    match self.previous.get_mut(&calendar_id) {
-                        // Redelivered copies settled meanwhile (`add`) stay.
-                        Some(previous) => previous.merge(acked),
-                        None => {
-                            self.previous.insert(calendar_id.clone(), acked);
-                        }
-                    }
-                }
-                self.held = self.held.saturating_sub(deliveries);
-                for id in &change_ids {
-                    let key = self.ids.key(id);
-                    self.owners.remove(&key);
-                    if settled {
-                        self.settled_ids.insert(key);
-                    }
-                }
-                self.in_flight -= 1;
-                metrics::gauge!("csw_imports_in_flight").set(self.in_flight as f64);
-                if let Some(cal) = self.calendars.get_mut(&calendar_id) {
-                    cal.in_flight = false;
-                    if !cal.closed.is_empty() {
-                        self.mark_ready(&calendar_id);
-                    } else if cal.idle() {
-                        self.calendars.remove(&calendar_id);
-                    }
-                }
+    fn import_ended(&mut self, ended: ImportEnded) {
+        let ImportEnded {
+            calendar_id,
+            change_ids,
+            deliveries,
+            settled,
+        } = ended;
+        self.held = self.held.saturating_sub(deliveries);
+        for id in &change_ids {
+            let key = self.ids.key(id);
+            self.owners.remove(&key);
+            if settled {
+                self.settled_ids.insert(key);
+            }
+        }
+        self.in_flight -= 1;
+        metrics::gauge!("csw_imports_in_flight").set(self.in_flight as f64);
+        if let Some(cal) = self.calendars.get_mut(&calendar_id) {
+            cal.in_flight = false;
+            if !cal.closed.is_empty() {
+                self.mark_ready(&calendar_id);
+            } else if cal.idle() {
+                self.calendars.remove(&calendar_id);
             }
         }
     }
@@ -314,57 +301,57 @@ impl Scheduler {
         if accepted.msg.redelivered && self.settled_ids.contains(key) {
             metrics::counter!("csw_changes_redelivered_settled_total").increment(1);
             tracing::info!(change_id = %accepted.change.change_id, "redelivered change already imported and settled; acking it without importing again");
-            // The calendar's next import makes sure this ack reached the
-            // broker first, as it does for a previous batch's.
-            self.previous
-                .entry(accepted.change.calendar_id.clone())
-                .or_default()
-                .include(&accepted.msg.acks, accepted.msg.tag);
-            tokio::spawn(async move {
-                ack_all([&accepted.msg]).await;
-            });
+            self.barriers
+                .ack_settled_copy(&accepted.change.calendar_id, accepted.msg);
             return;
         }
-        // A repeated changeId rides along with the first one's batch.
-        let accepted = match self.owners.get(&key) {
-            Some(owner) => {
-                let Accepted {
-                    change,
-                    msg,
-                    validation,
-                } = accepted;
-                match owner.attach(msg) {
-                    None => {
-                        self.held += 1;
-                        metrics::counter!("csw_changes_duplicate_total").increment(1);
-                        tracing::debug!(change_id = %change.change_id, "repeated changeId attached to its first delivery's batch");
-                        return;
-                    }
-                    Some(msg) => Accepted {
-                        change,
-                        msg,
-                        validation,
-                    },
-                }
-            }
-            None => accepted,
+        let Some(accepted) = self.attach_repeat(key, accepted) else {
+            return;
         };
         self.held += 1;
+        self.put_in_batch(key, accepted);
+    }
+
+    /// A repeated changeId rides along with the first one's batch; gives the
+    /// change back when its changeId is in no batch (or that one settled).
+    fn attach_repeat(&mut self, key: IdHash, accepted: Accepted) -> Option<Accepted> {
+        let Some(owner) = self.owners.get(&key) else {
+            return Some(accepted);
+        };
+        let Accepted {
+            change,
+            msg,
+            validation,
+        } = accepted;
+        match owner.attach(msg) {
+            None => {
+                self.held += 1;
+                metrics::counter!("csw_changes_duplicate_total").increment(1);
+                tracing::debug!(change_id = %change.change_id, "repeated changeId attached to its first delivery's batch");
+                None
+            }
+            Some(msg) => Some(Accepted {
+                change,
+                msg,
+                validation,
+            }),
+        }
+    }
+
+    /// Adds a change to its calendar's batches: the newest closed one still
+    /// waiting, else the open one, closing and opening batches as needed.
+    fn put_in_batch(&mut self, key: IdHash, accepted: Accepted) {
         let calendar_id = accepted.change.calendar_id.clone();
         let max = self.limits.max_entries;
-        if !self.calendars.contains_key(&calendar_id) {
-            self.calendars
-                .insert(calendar_id.clone(), Calendar::default());
-        }
-        let cal = self.calendars.get_mut(&calendar_id).expect("just ensured");
+        let cal = self.calendars.entry(calendar_id.clone()).or_default();
         // The calendar's newest batch, closed (by age, say) but still
         // waiting for an import slot, takes a later change that fits: the
         // batch goes no later for it, the change no later than in a batch
         // of its own (which would wait behind this one), and that is one
         // import fewer. It also puts interleaved calendars back in step
-        // after a round that ran past `batch.max_wait_ms`: deliveries that
-        // arrive while the round's batches wait for slots join them instead
-        // of opening next round's batches early.
+        // after imports that took longer than `batch.max_wait_ms`:
+        // deliveries that arrive while those batches wait for slots join
+        // them instead of opening new batches early.
         if cal.open.is_none()
             && let Some(waiting) = cal.closed.back_mut()
             && waiting.accepts(&accepted.change, max)
@@ -474,15 +461,14 @@ impl Scheduler {
             if cal.in_flight {
                 continue;
             }
-            let Some(mut batch) = cal.closed.pop_front() else {
+            let Some(batch) = cal.closed.pop_front() else {
                 continue;
             };
-            batch.previous = self.previous.remove(&calendar_id);
             cal.in_flight = true;
             self.in_flight += 1;
             metrics::gauge!("csw_imports_in_flight").set(self.in_flight as f64);
             metrics::histogram!("csw_batch_entries").record(batch.entry_count as f64);
-            (self.dispatch)(batch);
+            self.imports.start(batch);
         }
         metrics::gauge!("csw_imports_in_flight").set(self.in_flight as f64);
     }
