@@ -1,7 +1,7 @@
 //! Batching: valid changes grouped per calendar into imports.
 //!
 //! - [`rules`]: which changes may share a batch (same mode, room, no overlap).
-//! - [`batch`]: a batch's changes and the repeated deliveries that settle with it.
+//! - [`changes`]: a batch's changes and the repeated deliveries that settle with it.
 //! - [`dedup`]: which changeIds are batched now or settled lately.
 //! - [`scheduler`]: open and closed batches per calendar, their deadlines,
 //!   and when each goes to the import stage.
@@ -10,12 +10,12 @@
 //! `batch.max_wait_ms`, at shutdown, or when the worker holds its whole
 //! prefetch window with nothing in flight (see [`Limits::window`]).
 
-pub mod batch;
+pub mod changes;
 mod dedup;
 pub mod rules;
 pub mod scheduler;
 
-pub use batch::{Accepted, Batch, BatchedChange, ParseSettings, Repeats};
+pub use changes::{Accepted, Batch, BatchedChange, ParseSettings, Repeats};
 pub use rules::BatchRules;
 pub use scheduler::{Batcher, ImportEnded, ImportStage, Limits, Scheduler};
 

@@ -19,14 +19,17 @@ use tokio::{
     sync::{Notify, mpsc},
     time::Instant,
 };
-use tokio_util::sync::CancellationToken;
 
 use super::{
     StrMap, StrSet,
-    batch::{Accepted, Batch, Repeats},
+    changes::{Accepted, Batch, Repeats},
     dedup::{IdHash, IdHasher, PrehashedBuild, SettledIds},
 };
-use crate::{amqp::AckBarriers, cxone::import_body::EntryLocator};
+use crate::{
+    amqp::AckBarriers,
+    cxone::import_body::EntryLocator,
+    shutdown::{Phase, Shutdown},
+};
 
 /// An import ended: its calendar is free again. What the import stage sends
 /// back to the scheduler task.
@@ -198,28 +201,28 @@ impl Scheduler {
     }
 
     /// Splits the scheduler into the source's [`Batcher`] and the task
-    /// that runs timers, ended imports and draining: it returns when
-    /// `drain` is cancelled and every batch has been imported and settled.
+    /// that runs timers, ended imports and draining: it returns when the
+    /// shutdown drains the batches and every batch has been imported and settled.
     pub fn start(
         self,
         rx: mpsc::UnboundedReceiver<ImportEnded>,
-        drain: CancellationToken,
+        shutdown: Shutdown,
     ) -> (Batcher, impl Future<Output = ()> + Send + 'static) {
-        let intake = Batcher {
+        let batcher = Batcher {
             state: Arc::new(parking_lot::Mutex::new(self)),
             opened: Arc::new(Notify::new()),
         };
-        (intake.clone(), Self::run(intake, rx, drain))
+        (batcher.clone(), Self::run(batcher, rx, shutdown))
     }
 
     async fn run(
-        intake: Batcher,
+        batcher: Batcher,
         mut rx: mpsc::UnboundedReceiver<ImportEnded>,
-        drain: CancellationToken,
+        shutdown: Shutdown,
     ) {
         loop {
             let (draining, next_age) = {
-                let c = intake.state.lock();
+                let c = batcher.state.lock();
                 if c.draining && c.is_empty() && rx.is_empty() {
                     return;
                 }
@@ -228,17 +231,17 @@ impl Scheduler {
             tokio::select! {
                 biased;
                 ended = rx.recv() => match ended {
-                    Some(ended) => intake.state.lock().import_ended(ended),
+                    Some(ended) => batcher.state.lock().import_ended(ended),
                     None => return,
                 },
-                _ = drain.cancelled(), if !draining => {
-                    intake.state.lock().draining = true;
+                _ = shutdown.entered(Phase::DrainBatches), if !draining => {
+                    batcher.state.lock().draining = true;
                 }
                 // A batch opened with no timer running: take its deadline.
-                _ = intake.opened.notified() => {}
-                _ = sleep_until_opt(next_age) => intake.state.lock().close_aged(Instant::now()),
+                _ = batcher.opened.notified() => {}
+                _ = sleep_until_opt(next_age) => batcher.state.lock().close_aged(Instant::now()),
             }
-            intake.state.lock().send_what_can_go();
+            batcher.state.lock().send_what_can_go();
         }
     }
 

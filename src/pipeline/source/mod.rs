@@ -1,8 +1,15 @@
-//! The broker side of the worker: one connection at a time, rebuilt after a
-//! loss, feeding deliveries into the pipeline.
+//! The source stage: the broker side of the worker. One connection at a
+//! time, rebuilt after a loss, feeding deliveries into the pipeline.
+//!
+//! - [`session`]: one connection's life: topology, subscriptions, health.
+//! - [`intake`]: takes deliveries, validates them, hands valid changes to
+//!   the batcher and rejected ones to settlement.
+//! - [`partitions`]: which partitions this replica consumes.
+//! - [`relay`]: webhook notices other replicas pass on.
 
 mod intake;
 pub mod partitions;
+mod relay;
 mod session;
 
 use std::{
@@ -14,7 +21,7 @@ use std::{
 };
 
 use tokio::{sync::watch, time::Instant};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::task::TaskTracker;
 
 use super::{
     batch::{Batcher, ParseSettings},
@@ -24,6 +31,7 @@ use super::{
 use crate::{
     amqp::{self, AmqpError, Publisher},
     config::AmqpSettings,
+    shutdown::{Phase, Shutdown},
 };
 use session::{SessionEnd, session};
 
@@ -42,78 +50,77 @@ pub struct SourceConfig {
     pub jobs: JobRegistry,
 }
 
-/// Signals between the connection manager and the rest of the app.
-pub struct Control {
-    /// Stop taking deliveries (shutdown has begun).
-    pub stop_consuming: CancellationToken,
-    /// Cancelled by the manager once it no longer consumes.
-    pub consumer_stopped: CancellationToken,
-    /// Close the connection (the pipeline has drained or given up).
-    pub close: CancellationToken,
+/// The source stage and what it feeds.
+pub struct Source {
+    pub cfg: SourceConfig,
+    /// Where each connection's publisher is announced (`None` while down).
+    pub publisher: watch::Sender<Option<Publisher>>,
+    pub batcher: Batcher,
+    pub outbound: Outbound,
+    /// Rejections settle on these tasks, so shutdown waits for them.
+    pub tasks: TaskTracker,
+    pub shutdown: Shutdown,
     /// Broker connection and channels are up: what `/readyz` reports.
     pub ready: Arc<AtomicBool>,
 }
 
-/// Runs connections until `control.close`; reconnects with backoff after a
-/// loss. Returns an error only for problems reconnecting cannot fix (a
-/// topology that conflicts with what is on the broker).
-pub async fn run(
-    cfg: SourceConfig,
-    publisher: watch::Sender<Option<Publisher>>,
-    coordinator: Batcher,
-    outbound: Outbound,
-    tasks: TaskTracker,
-    control: Control,
-) -> Result<(), AmqpError> {
-    let mut attempt = 0u32;
-    loop {
-        if control.close.is_cancelled() {
-            break;
-        }
-        let started = Instant::now();
-        match session(&cfg, &publisher, &coordinator, &outbound, &tasks, &control).await {
-            Ok(SessionEnd::Closed) => break,
-            Ok(SessionEnd::Lost) => {
-                tracing::warn!(
-                    "broker connection lost; reconnecting (unacked deliveries will be redelivered)"
-                );
+impl Source {
+    /// Runs connections until the shutdown closes the connection; reconnects
+    /// with backoff after a loss. Returns an error only for problems
+    /// reconnecting cannot fix (a topology that conflicts with what is on
+    /// the broker).
+    pub async fn run(self) -> Result<(), AmqpError> {
+        let shutdown = &self.shutdown;
+        let mut attempt = 0u32;
+        loop {
+            if shutdown.has_entered(Phase::CloseConnection) {
+                break;
             }
-            Err(e) if !e.is_transient() => {
-                control.ready.store(false, Ordering::SeqCst);
-                publisher.send_replace(None);
-                control.consumer_stopped.cancel();
-                return Err(e);
+            let started = Instant::now();
+            match session(&self).await {
+                Ok(SessionEnd::Closed) => break,
+                Ok(SessionEnd::Lost) => {
+                    tracing::warn!(
+                        "broker connection lost; reconnecting (unacked deliveries will be redelivered)"
+                    );
+                }
+                Err(e) if !e.is_transient() => {
+                    self.ready.store(false, Ordering::SeqCst);
+                    self.publisher.send_replace(None);
+                    shutdown.report_consuming_stopped();
+                    return Err(e);
+                }
+                Err(e) => tracing::warn!(error = %e, "broker unavailable; retrying"),
             }
-            Err(e) => tracing::warn!(error = %e, "broker unavailable; retrying"),
-        }
-        control.ready.store(false, Ordering::SeqCst);
-        metrics::gauge!("csw_broker_connected").set(0.0);
-        publisher.send_replace(None);
-        metrics::counter!("csw_broker_reconnects_total").increment(1);
-        if started.elapsed() > Duration::from_secs(30) {
-            attempt = 0;
-        }
-        let delay = amqp::reconnect_delay(
-            attempt,
-            cfg.amqp.reconnect_initial_ms,
-            cfg.amqp.reconnect_max_ms,
-        );
-        attempt = attempt.saturating_add(1);
-        // Not connected means not consuming: a shutdown that starts now must
-        // not wait for a consumer to stop.
-        if control.stop_consuming.is_cancelled() {
-            control.consumer_stopped.cancel();
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = control.stop_consuming.cancelled(), if !control.consumer_stopped.is_cancelled() => {
-                control.consumer_stopped.cancel();
+            self.ready.store(false, Ordering::SeqCst);
+            metrics::gauge!("csw_broker_connected").set(0.0);
+            self.publisher.send_replace(None);
+            metrics::counter!("csw_broker_reconnects_total").increment(1);
+            if started.elapsed() > Duration::from_secs(30) {
+                attempt = 0;
             }
-            _ = control.close.cancelled() => break,
+            let delay = amqp::reconnect_delay(
+                attempt,
+                self.cfg.amqp.reconnect_initial_ms,
+                self.cfg.amqp.reconnect_max_ms,
+            );
+            attempt = attempt.saturating_add(1);
+            // Not connected means not consuming: a shutdown that starts now must
+            // not wait for a consumer to stop.
+            if shutdown.has_entered(Phase::StopConsuming) {
+                shutdown.report_consuming_stopped();
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.entered(Phase::StopConsuming), if !shutdown.has_stopped_consuming() => {
+                    shutdown.report_consuming_stopped();
+                }
+                _ = shutdown.entered(Phase::CloseConnection) => break,
+            }
         }
+        shutdown.report_consuming_stopped();
+        Ok(())
     }
-    control.consumer_stopped.cancel();
-    Ok(())
 }
 
 /// Each partition queue's share of `amqp.prefetch`.

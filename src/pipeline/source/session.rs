@@ -1,6 +1,8 @@
-//! One broker connection: topology, subscriptions, deliveries, partitions.
+//! One broker connection's life: topology, subscriptions, deliveries,
+//! partitions, webhook relay, health and shutdown, each its own step.
 
 use std::{
+    collections::{HashMap, VecDeque},
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
@@ -14,26 +16,324 @@ use lapin::{
     },
     types::{AMQPValue, FieldTable, ShortString},
 };
-use std::collections::{HashMap, VecDeque};
-use tokio::{sync::watch, time::Instant};
 use tokio_stream::StreamMap;
-use tokio_util::task::TaskTracker;
 
 use super::{
-    Control, SourceConfig,
+    Source, SourceConfig,
     intake::{process, take},
-    partitions::{HEARTBEAT, Heartbeat, Members, send_heartbeat},
-    per_queue_prefetch,
+    partitions::{HEARTBEAT, Membership},
+    per_queue_prefetch, relay,
 };
 use crate::{
     amqp::{self, AckTracker, AmqpError, InboundMessage, PropertiesInterner, Publisher},
-    cxone::webhook::WebhookEvent,
-    pipeline::{batch::Batcher, settle::Outbound},
+    shutdown::Phase,
 };
 
 pub(super) enum SessionEnd {
     Lost,
     Closed,
+}
+
+/// Runs one connection until it is lost or the shutdown closes it.
+pub(super) async fn session(src: &Source) -> Result<SessionEnd, AmqpError> {
+    let mut session = Session::open(src).await?;
+    let end = session.run().await;
+    if matches!(end, Ok(SessionEnd::Lost)) {
+        close_quietly(&session.conn).await;
+    }
+    end
+}
+
+/// One connection and everything opened on it.
+struct Session<'a> {
+    src: &'a Source,
+    conn: Connection,
+    /// Declares the topology, then carries heartbeats.
+    setup: Channel,
+    publisher: Publisher,
+    queues: Vec<String>,
+    subscriptions: Subscriptions,
+    membership: Membership,
+    relay: lapin::Consumer,
+    consuming: bool,
+    /// Deliveries taken off lapin's hands, not yet validated.
+    taken: VecDeque<InboundMessage>,
+    properties: PropertiesInterner,
+    received_total: metrics::Counter,
+}
+
+/// What a step of the session leads to.
+enum Step {
+    Go,
+    End(SessionEnd),
+}
+
+impl<'a> Session<'a> {
+    async fn open(src: &'a Source) -> Result<Session<'a>, AmqpError> {
+        let cfg = &src.cfg;
+        let conn = amqp::connect(&cfg.amqp, &cfg.connection_name).await?;
+        let setup = conn
+            .create_channel()
+            .await
+            .map_err(|source| AmqpError::Channel {
+                op: "opening the setup channel",
+                source,
+            })?;
+        let queues = amqp::declare_topology(&setup, &cfg.amqp).await?;
+        let publisher = Publisher::open(&conn).await?;
+        src.publisher.send_replace(Some(publisher.clone()));
+        let partitioned = queues.len() > 1;
+        let membership =
+            Membership::join(&setup, &cfg.amqp, &cfg.connection_name, partitioned).await?;
+        let relay = relay::subscribe(&setup, &cfg.amqp).await?;
+        let consuming = !src.shutdown.has_entered(Phase::StopConsuming);
+        src.ready.store(true, Ordering::SeqCst);
+        metrics::gauge!("csw_broker_connected").set(1.0);
+        tracing::info!(
+            queues = queues.len(),
+            prefetch = cfg.prefetch,
+            "connected to the broker"
+        );
+        Ok(Session {
+            src,
+            conn,
+            setup,
+            publisher,
+            queues,
+            subscriptions: Subscriptions::default(),
+            membership,
+            relay,
+            consuming,
+            taken: VecDeque::new(),
+            properties: PropertiesInterner::default(),
+            received_total: metrics::counter!("csw_changes_received_total"),
+        })
+    }
+
+    async fn run(&mut self) -> Result<SessionEnd, AmqpError> {
+        let src = self.src;
+        let shutdown = &src.shutdown;
+        let mut health = tokio::time::interval(Duration::from_millis(250));
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        loop {
+            let step = tokio::select! {
+                delivery = self.subscriptions.streams.next(), if !self.subscriptions.streams.is_empty() => match delivery {
+                    Some(first) => self.take_deliveries(first).await,
+                    None => Step::Go,
+                },
+                notice = self.membership.next_notice(), if self.membership.partitioned() => match notice {
+                    Some(Ok(d)) => {
+                        self.membership.heard(&d);
+                        Step::Go
+                    }
+                    _ => Step::End(SessionEnd::Lost),
+                },
+                relayed = self.relay.next() => match relayed {
+                    Some(Ok(d)) => {
+                        relay::pass_on(&d, &self.src.cfg.jobs);
+                        Step::Go
+                    }
+                    _ => Step::End(SessionEnd::Lost),
+                },
+                _ = heartbeat.tick(), if self.membership.partitioned() => {
+                    self.membership.beat(&self.setup, !self.consuming).await;
+                    Step::Go
+                }
+                _ = shutdown.entered(Phase::StopConsuming), if self.consuming => {
+                    self.stop_consuming().await;
+                    Step::Go
+                }
+                _ = shutdown.entered(Phase::CloseConnection) => self.close().await,
+                _ = health.tick() => self.check_health().await,
+            };
+            if let Step::End(end) = step {
+                return Ok(end);
+            }
+            if !self.consuming {
+                shutdown.report_consuming_stopped();
+                continue;
+            }
+            if let Some(mine) = self.membership.due(self.queues.len()) {
+                self.subscriptions
+                    .claim(&self.conn, &self.src.cfg, &self.queues, &mine)
+                    .await?;
+            }
+        }
+    }
+
+    /// Takes everything lapin has buffered (cheap), then validates and
+    /// batches a slice, and takes again: while the broker bursts a whole
+    /// window, deliveries wait here in compact form rather than in lapin's
+    /// queue of larger entries, which keeps its largest size for good.
+    async fn take_deliveries(
+        &mut self,
+        first: (usize, lapin::Result<lapin::message::Delivery>),
+    ) -> Step {
+        let mut next = Some(first);
+        loop {
+            while let Some((i, result)) = next.take() {
+                match result {
+                    Ok(d) => {
+                        if let Some(sub) = self.subscriptions.active.get(&i) {
+                            if d.delivery_tag % TIMELINE_EVERY == 0 {
+                                tracing::debug!(target: "csw::timeline", tag = d.delivery_tag, "delivery received");
+                            }
+                            self.taken.push_back(take(
+                                d,
+                                &sub.tracker,
+                                &mut self.properties,
+                                &self.received_total,
+                            ));
+                        }
+                    }
+                    Err(e) => {
+                        // The rest stays unacked; the broker redelivers it.
+                        self.taken.clear();
+                        tracing::warn!(error = %e, queue = %self.queues[i], "consumer error");
+                        return Step::End(SessionEnd::Lost);
+                    }
+                }
+                next = self.subscriptions.streams.next().now_or_never().flatten();
+            }
+            self.process_slice();
+            if self.taken.is_empty() {
+                return Step::Go;
+            }
+            // Let imports and the scheduler task on this thread run.
+            tokio::task::yield_now().await;
+            next = self.subscriptions.streams.next().now_or_never().flatten();
+        }
+    }
+
+    /// Validates and batches up to [`PROCESS_SLICE`] taken deliveries.
+    fn process_slice(&mut self) {
+        let src = self.src;
+        let n = self.taken.len().min(PROCESS_SLICE);
+        for msg in self.taken.drain(..n) {
+            process(&src.cfg, msg, &src.batcher, &src.outbound, &src.tasks);
+        }
+        // A burst grows the queue to much of the window; as it drains into
+        // batches, give its room back, or it stays beside the batches the
+        // burst fills (halving at a quarter full keeps the copying linear).
+        if self.taken.capacity() > 4 * PROCESS_SLICE && self.taken.len() < self.taken.capacity() / 4
+        {
+            self.taken.shrink_to(self.taken.len() * 2);
+        }
+    }
+
+    async fn stop_consuming(&mut self) {
+        self.consuming = false;
+        self.subscriptions.cancel_all().await;
+        if self.membership.partitioned() {
+            self.membership.say_leaving(&self.setup).await;
+        }
+        // Deliveries still buffered stay unacked; the broker requeues
+        // them when the connection closes.
+        self.src.shutdown.report_consuming_stopped();
+        tracing::info!("stopped consuming; draining open batches");
+    }
+
+    async fn close(&mut self) -> Step {
+        // Settled deliveries whose acks are still held back go out now.
+        for sub in self.subscriptions.all() {
+            let _ = sub.tracker.flush().await;
+        }
+        self.src.ready.store(false, Ordering::SeqCst);
+        self.src.publisher.send_replace(None);
+        close_quietly(&self.conn).await;
+        Step::End(SessionEnd::Closed)
+    }
+
+    async fn check_health(&mut self) -> Step {
+        if !self.conn.status().connected()
+            || !self.publisher.is_open()
+            || self
+                .subscriptions
+                .all()
+                .any(|s| !s.channel.status().connected())
+        {
+            return Step::End(SessionEnd::Lost);
+        }
+        self.subscriptions.close_released(&self.queues).await;
+        Step::Go
+    }
+}
+
+/// The queues this connection consumes, each on its own channel.
+#[derive(Default)]
+struct Subscriptions {
+    streams: StreamMap<usize, lapin::Consumer>,
+    active: HashMap<usize, Subscription>,
+    /// Partitions handed over, consumed no more, their channel open until
+    /// everything taken from them is settled.
+    releasing: HashMap<usize, Subscription>,
+}
+
+impl Subscriptions {
+    fn all(&self) -> impl Iterator<Item = &Subscription> {
+        self.active.values().chain(self.releasing.values())
+    }
+
+    async fn cancel_all(&mut self) {
+        for sub in self.active.values() {
+            let _ = sub
+                .channel
+                .basic_cancel(sub.consumer.tag(), BasicCancelOptions::default())
+                .await;
+        }
+        self.streams = StreamMap::new();
+    }
+
+    /// A released partition's channel closes once all it took is settled.
+    async fn close_released(&mut self, queues: &[String]) {
+        let done: Vec<usize> = self
+            .releasing
+            .iter()
+            .filter(|(_, sub)| sub.tracker.outstanding() == 0)
+            .map(|(i, _)| *i)
+            .collect();
+        for i in done {
+            if let Some(sub) = self.releasing.remove(&i) {
+                let _ = sub.channel.close(200, "partition handed over".into()).await;
+                tracing::info!(queue = %queues[i], "released partition");
+            }
+        }
+    }
+
+    /// Consumes the queues in `mine` and releases the others.
+    async fn claim(
+        &mut self,
+        conn: &Connection,
+        cfg: &SourceConfig,
+        queues: &[String],
+        mine: &[usize],
+    ) -> Result<(), AmqpError> {
+        let partitioned = queues.len() > 1;
+        for (i, queue) in queues.iter().enumerate() {
+            let want = mine.contains(&i);
+            if want && !self.active.contains_key(&i) {
+                let sub = match self.releasing.remove(&i) {
+                    Some(sub) => sub,
+                    None => subscribe(conn, cfg, queue).await?,
+                };
+                self.streams.insert(i, sub.consumer.clone());
+                self.active.insert(i, sub);
+                if partitioned {
+                    tracing::info!(%queue, "claimed partition");
+                }
+            } else if !want && let Some(sub) = self.active.remove(&i) {
+                // Stop taking deliveries now; close the channel once settled.
+                self.streams.remove(&i);
+                let _ = sub
+                    .channel
+                    .basic_cancel(sub.consumer.tag(), BasicCancelOptions::default())
+                    .await;
+                self.releasing.insert(i, sub);
+            }
+        }
+        metrics::gauge!("csw_partitions_owned").set(self.active.len() as f64);
+        Ok(())
+    }
 }
 
 /// One consumed queue (the inbound queue, or one partition) on its own channel.
@@ -91,236 +391,11 @@ async fn subscribe(
     })
 }
 
-pub(super) async fn session(
-    cfg: &SourceConfig,
-    publisher_tx: &watch::Sender<Option<Publisher>>,
-    coordinator: &Batcher,
-    outbound: &Outbound,
-    tasks: &TaskTracker,
-    control: &Control,
-) -> Result<SessionEnd, AmqpError> {
-    let conn = amqp::connect(&cfg.amqp, &cfg.connection_name).await?;
-    let setup = conn
-        .create_channel()
-        .await
-        .map_err(|source| AmqpError::Channel {
-            op: "opening the setup channel",
-            source,
-        })?;
-    let queues = amqp::declare_topology(&setup, &cfg.amqp).await?;
-    let publisher = Publisher::open(&conn).await?;
-    publisher_tx.send_replace(Some(publisher.clone()));
-
-    let partitioned = queues.len() > 1;
-    let mut members = Members::new(&cfg.connection_name);
-    let mut member_stream = if partitioned {
-        Some(fanout_stream(&setup, &amqp::members_exchange_name(&cfg.amqp)).await?)
-    } else {
-        None
-    };
-    let members_exchange = amqp::members_exchange_name(&cfg.amqp);
-    // Webhooks that reached another replica for a job this one follows.
-    let mut relay_stream =
-        Some(fanout_stream(&setup, &amqp::webhook_relay_exchange_name(&cfg.amqp)).await?);
-    // Gather a view of the other replicas before claiming partitions, to
-    // avoid grabbing everything and handing most of it back a second later.
-    let claim_after = Instant::now()
-        + if partitioned {
-            HEARTBEAT + HEARTBEAT / 2
-        } else {
-            Duration::ZERO
-        };
-    let mut rebalance_due = true;
-
-    let mut streams: StreamMap<usize, lapin::Consumer> = StreamMap::new();
-    let mut active: HashMap<usize, Subscription> = HashMap::new();
-    let mut releasing: HashMap<usize, Subscription> = HashMap::new();
-    let mut consuming = !control.stop_consuming.is_cancelled();
-    control.ready.store(true, Ordering::SeqCst);
-    metrics::gauge!("csw_broker_connected").set(1.0);
-    tracing::info!(
-        queues = queues.len(),
-        prefetch = cfg.prefetch,
-        "connected to the broker"
-    );
-
-    let mut props = PropertiesInterner::default();
-    let mut taken: VecDeque<InboundMessage> = VecDeque::new();
-    let received_total = metrics::counter!("csw_changes_received_total");
-    let mut health = tokio::time::interval(Duration::from_millis(250));
-    let mut heartbeat = tokio::time::interval(HEARTBEAT);
-    loop {
-        tokio::select! {
-            delivery = streams.next(), if !streams.is_empty() => {
-                if let Some((i, result)) = delivery {
-                    // Take everything lapin has buffered (cheap), then
-                    // validate and batch a slice, and take again: while the
-                    // broker bursts a whole window, deliveries wait here in
-                    // compact form rather than in lapin's queue of 432-byte
-                    // entries, which keeps its largest size for good.
-                    let mut next = Some((i, result));
-                    loop {
-                        while let Some((i, result)) = next.take() {
-                            match result {
-                                Ok(d) => {
-                                    if let Some(sub) = active.get(&i) {
-                                        if d.delivery_tag % TIMELINE_EVERY == 0 {
-                                            tracing::debug!(target: "csw::timeline", tag = d.delivery_tag, "delivery received");
-                                        }
-                                        taken.push_back(take(d, &sub.tracker, &mut props, &received_total));
-                                    }
-                                }
-                                Err(e) => {
-                                    // The rest stays unacked; the broker redelivers it.
-                                    taken.clear();
-                                    tracing::warn!(error = %e, queue = %queues[i], "consumer error");
-                                    close_quietly(&conn).await;
-                                    return Ok(SessionEnd::Lost);
-                                }
-                            }
-                            next = streams.next().now_or_never().flatten();
-                        }
-                        for msg in taken.drain(..taken.len().min(PROCESS_SLICE)) {
-                            process(cfg, msg, coordinator, outbound, tasks);
-                        }
-                        // A burst grows the queue to much of the window; as
-                        // it drains into batches, give its room back, or it
-                        // stays beside the batches the burst fills (halving
-                        // at a quarter full keeps the copying linear).
-                        if taken.capacity() > 4 * PROCESS_SLICE
-                            && taken.len() < taken.capacity() / 4
-                        {
-                            taken.shrink_to(taken.len() * 2);
-                        }
-                        if taken.is_empty() {
-                            break;
-                        }
-                        // Let imports and the coordinator task on this thread run.
-                        tokio::task::yield_now().await;
-                        next = streams.next().now_or_never().flatten();
-                    }
-                }
-            }
-            notice = next_of(&mut member_stream), if member_stream.is_some() => match notice {
-                Some(Ok(d)) => {
-                    if let Ok(hb) = serde_json::from_slice::<Heartbeat>(&d.data) {
-                        let now = Instant::now();
-                        rebalance_due |= if hb.leaving { members.left(&hb.instance) } else { members.heard(&hb.instance, now) };
-                    }
-                }
-                _ => {
-                    close_quietly(&conn).await;
-                    return Ok(SessionEnd::Lost);
-                }
-            },
-            relayed = next_of(&mut relay_stream) => match relayed {
-                Some(Ok(d)) => {
-                    if let Ok(notice) = serde_json::from_slice::<WebhookEvent>(&d.data)
-                        && cfg.jobs.notify(&notice.job_id, notice.status)
-                    {
-                        metrics::counter!("csw_webhooks_total", "result" => "relayed_in").increment(1);
-                    }
-                }
-                _ => {
-                    close_quietly(&conn).await;
-                    return Ok(SessionEnd::Lost);
-                }
-            },
-            _ = heartbeat.tick(), if partitioned => {
-                send_heartbeat(&setup, &members_exchange, &cfg.connection_name, !consuming).await;
-                rebalance_due |= members.expire(Instant::now());
-            }
-            _ = control.stop_consuming.cancelled(), if consuming => {
-                consuming = false;
-                for (_, sub) in active.iter() {
-                    let _ = sub.channel.basic_cancel(sub.consumer.tag(), BasicCancelOptions::default()).await;
-                }
-                streams = StreamMap::new();
-                if partitioned {
-                    send_heartbeat(&setup, &members_exchange, &cfg.connection_name, true).await;
-                }
-                // Deliveries still buffered stay unacked; the broker requeues
-                // them when the connection closes.
-                control.consumer_stopped.cancel();
-                tracing::info!("stopped consuming; draining open batches");
-            }
-            _ = control.close.cancelled() => {
-                // Settled deliveries whose acks are still held back go out now.
-                for sub in active.values().chain(releasing.values()) {
-                    let _ = sub.tracker.flush().await;
-                }
-                control.ready.store(false, Ordering::SeqCst);
-                publisher_tx.send_replace(None);
-                close_quietly(&conn).await;
-                return Ok(SessionEnd::Closed);
-            }
-            _ = health.tick() => {
-                if !conn.status().connected()
-                    || !publisher.is_open()
-                    || active.values().chain(releasing.values()).any(|s| !s.channel.status().connected())
-                {
-                    close_quietly(&conn).await;
-                    return Ok(SessionEnd::Lost);
-                }
-                // A released partition's channel closes once all it took is settled.
-                let mut done = Vec::new();
-                for (i, sub) in &releasing {
-                    if sub.tracker.outstanding() == 0 {
-                        done.push(*i);
-                    }
-                }
-                for i in done {
-                    if let Some(sub) = releasing.remove(&i) {
-                        let _ = sub.channel.close(200, "partition handed over".into()).await;
-                        tracing::info!(queue = %queues[i], "released partition");
-                    }
-                }
-            }
-        }
-        if !consuming {
-            control.consumer_stopped.cancel();
-            continue;
-        }
-        if rebalance_due && Instant::now() >= claim_after {
-            rebalance_due = false;
-            let mine: Vec<usize> = if partitioned {
-                members
-                    .mine(queues.len() as u16)
-                    .into_iter()
-                    .map(usize::from)
-                    .collect()
-            } else {
-                vec![0]
-            };
-            for (i, queue) in queues.iter().enumerate() {
-                let want = mine.contains(&i);
-                if want && !active.contains_key(&i) {
-                    let sub = match releasing.remove(&i) {
-                        Some(sub) => sub,
-                        None => subscribe(&conn, cfg, queue).await?,
-                    };
-                    streams.insert(i, sub.consumer.clone());
-                    active.insert(i, sub);
-                    if partitioned {
-                        tracing::info!(%queue, "claimed partition");
-                    }
-                } else if !want && let Some(sub) = active.remove(&i) {
-                    // Stop taking deliveries now; close the channel once settled.
-                    streams.remove(&i);
-                    let _ = sub
-                        .channel
-                        .basic_cancel(sub.consumer.tag(), BasicCancelOptions::default())
-                        .await;
-                    releasing.insert(i, sub);
-                }
-            }
-            metrics::gauge!("csw_partitions_owned").set(active.len() as f64);
-        }
-    }
-}
-
 /// A private, auto-deleted queue bound to a fanout exchange, consumed without acks.
-async fn fanout_stream(ch: &Channel, exchange: &str) -> Result<lapin::Consumer, AmqpError> {
+pub(super) async fn fanout_stream(
+    ch: &Channel,
+    exchange: &str,
+) -> Result<lapin::Consumer, AmqpError> {
     let q = ch
         .queue_declare(
             "".into(),
@@ -365,23 +440,14 @@ async fn fanout_stream(ch: &Channel, exchange: &str) -> Result<lapin::Consumer, 
 }
 
 /// Every this many delivery tags, a `csw::timeline` debug event: with the
-/// multiple acks (same target) and the imports' info lines it shows how a
-/// drain's rounds of delivery, import and settlement line up
+/// multiple acks (same target) and the imports' info lines it shows how
+/// deliveries, imports and settlements of a drain line up
 /// (`RUST_LOG=info,csw::timeline=debug`; see docs/benchmarks.md).
 const TIMELINE_EVERY: u64 = 2500;
 
 /// How many taken deliveries are validated and batched before lapin's
 /// buffer is drained again.
 const PROCESS_SLICE: usize = 256;
-
-async fn next_of(
-    stream: &mut Option<lapin::Consumer>,
-) -> Option<lapin::Result<lapin::message::Delivery>> {
-    match stream {
-        Some(s) => s.next().await,
-        None => std::future::pending().await,
-    }
-}
 
 fn consume_args() -> FieldTable {
     let mut args = FieldTable::default();
