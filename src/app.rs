@@ -99,17 +99,9 @@ pub async fn start(settings: Settings) -> Result<AppHandle, AppError> {
     let tasks = TaskTracker::new();
     let jobs = JobRegistry::default();
     let (publisher_tx, publisher_rx) = watch::channel(None);
-    let outbound = Outbound {
-        publisher: publisher_rx,
-        events_exchange: settings.amqp.events_exchange.clone(),
-        dead_letter_exchange: settings.amqp.dead_letter_exchange.clone(),
-        hard_stop: shutdown.token_for(Phase::AbandonImports),
-    };
+    let outbound = outbound(&settings, publisher_rx, &shutdown);
     // One value for both parses of a body: the source's and the import's.
-    let parse = ParseSettings {
-        limits: settings.limits,
-        default_mode: settings.cxone.default_validation_mode,
-    };
+    let parse = ParseSettings::of(&settings);
     let (batcher, scheduler) = start_batching(
         &settings,
         ImportParts {
@@ -131,13 +123,8 @@ pub async fn start(settings: Settings) -> Result<AppHandle, AppError> {
         webhook_secret: settings.cxone.webhook_secret().map(|s| s.to_owned().into()),
         metrics,
     };
-    let http = http::router(http_state, settings.http.webhook_max_body_bytes);
-    let http_stop = shutdown.clone();
-    let http = tokio::spawn(async move {
-        let _ = axum::serve(listener, http)
-            .with_graceful_shutdown(async move { http_stop.entered(Phase::StopHttp).await })
-            .await;
-    });
+    let router = http::router(http_state, settings.http.webhook_max_body_bytes);
+    let http = serve_http(listener, router, shutdown.clone());
     let source = tokio::spawn(
         Source {
             cfg: SourceConfig {
@@ -163,9 +150,9 @@ pub async fn start(settings: Settings) -> Result<AppHandle, AppError> {
         scheduler,
         tasks,
         http,
+        grace: Duration::from_secs(settings.shutdown.timeout_s),
     };
-    let grace = Duration::from_secs(settings.shutdown.timeout_s);
-    let join = tokio::spawn(supervise(shutdown.clone(), stages, grace));
+    let join = tokio::spawn(supervise(shutdown.clone(), stages));
     Ok(AppHandle {
         http_addr,
         instance_id,
@@ -183,6 +170,29 @@ async fn bind(settings: &Settings) -> Result<(TcpListener, SocketAddr), AppError
         .local_addr()
         .map_err(|source| AppError::Listen { addr, source })?;
     Ok((listener, local))
+}
+
+/// Where settlement and the webhook relay publish.
+fn outbound(
+    settings: &Settings,
+    publisher: watch::Receiver<Option<crate::amqp::Publisher>>,
+    shutdown: &Shutdown,
+) -> Outbound {
+    Outbound {
+        publisher,
+        events_exchange: settings.amqp.events_exchange.clone(),
+        dead_letter_exchange: settings.amqp.dead_letter_exchange.clone(),
+        hard_stop: shutdown.token_for(Phase::AbandonImports),
+    }
+}
+
+/// Serves health, metrics and the webhook until the shutdown stops HTTP.
+fn serve_http(listener: TcpListener, router: axum::Router, shutdown: Shutdown) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { shutdown.entered(Phase::StopHttp).await })
+            .await;
+    })
 }
 
 /// What an import needs besides the scheduler's channel and the barriers.
@@ -243,16 +253,19 @@ struct Stages {
     /// Imports and rejections being settled.
     tasks: TaskTracker,
     http: JoinHandle<()>,
+    /// `shutdown.timeout_s`: how long the drain may take.
+    grace: Duration,
 }
 
 /// Waits for a shutdown request (or the source to fail), then runs the
 /// shutdown's phases in order.
-async fn supervise(shutdown: Shutdown, stages: Stages, grace: Duration) -> Result<(), AppError> {
+async fn supervise(shutdown: Shutdown, stages: Stages) -> Result<(), AppError> {
     let Stages {
         mut source,
         scheduler,
         tasks,
         http,
+        grace,
     } = stages;
     let early = tokio::select! {
         _ = shutdown.entered(Phase::StopConsuming) => None,

@@ -3,10 +3,9 @@
 /// Where `needle` first occurs in `haystack`.
 ///
 /// `memchr::memmem::find` builds a searcher for its needle on every call,
-/// which cost more than the search itself here: the needles are new each
+/// which costs more than the search itself here: the needles are new each
 /// time (ids, a change's serialised entries) and the haystacks are bodies
-/// of a few hundred bytes, where it took a tenth of the worker's CPU. The
-/// needle's first byte is looked for with `memchr` and the rest compared;
+/// of a few hundred bytes, searched for every delivery. The needle's first byte is looked for with `memchr` and the rest compared;
 /// after [`FIND_CANDIDATES`] places that start alike but differ, the
 /// searcher takes over, so a body built to defeat this costs no more than
 /// before.

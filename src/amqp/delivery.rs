@@ -115,7 +115,7 @@ impl InboundMessage {
         self.contents.get(self.contents.traceparent)
     }
 
-    /// What validation reads besides the body. The consumer's parse and the
+    /// What validation reads besides the body. The source's parse and the
     /// import's second one both take it from here, so they see the same.
     pub fn meta(&self) -> crate::domain::MessageMeta<'_> {
         crate::domain::MessageMeta {

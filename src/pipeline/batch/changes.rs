@@ -22,13 +22,13 @@ pub struct Accepted {
     pub validation: Duration,
 }
 
-/// State a batch shares with the coordinator after it leaves it: deliveries
+/// State a batch shares with the scheduler after it leaves it: deliveries
 /// of a repeated `changeId` attach here and settle with the batch's outcome.
 #[derive(Default)]
 pub struct Repeats {
     duplicates: Mutex<Option<Vec<InboundMessage>>>,
     /// How many repeats ever attached (they stay counted after settlement
-    /// takes them), so the coordinator can count the batch's deliveries.
+    /// takes them), so the scheduler can count the batch's deliveries.
     attached: AtomicUsize,
 }
 
@@ -97,12 +97,21 @@ pub struct Batch {
     rules: BatchRules,
 }
 
-/// How the consumer parsed the bodies: an import parses its changes' bodies
+/// How the source parsed the bodies: an import parses its changes' bodies
 /// again, the same way, to rebuild their entries.
 #[derive(Clone)]
 pub struct ParseSettings {
     pub limits: crate::config::Limits,
     pub default_mode: ValidationMode,
+}
+
+impl ParseSettings {
+    pub fn of(settings: &crate::config::Settings) -> ParseSettings {
+        ParseSettings {
+            limits: settings.limits,
+            default_mode: settings.cxone.default_validation_mode,
+        }
+    }
 }
 
 impl Batch {
@@ -149,7 +158,7 @@ impl Batch {
     /// the body already holds them byte for byte as they serialise
     /// ([`BatchedChange`]'s `entries_at`, checked when the change joined the
     /// batch), those bytes are copied. Otherwise the body is parsed
-    /// again here, as the consumer parsed it (same settings, same result);
+    /// again here, as the source parsed it (same settings, same result);
     /// an error means exactly that broke, and fails the batch rather than
     /// sending something else.
     pub fn import_body(&self, parse: &ParseSettings) -> Result<Vec<u8>, String> {

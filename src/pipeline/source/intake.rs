@@ -44,7 +44,7 @@ pub(super) fn take(
 pub(super) fn process(
     cfg: &SourceConfig,
     mut msg: InboundMessage,
-    coordinator: &Batcher,
+    batcher: &Batcher,
     outbound: &Outbound,
     tasks: &TaskTracker,
 ) {
@@ -79,7 +79,7 @@ pub(super) fn process(
     match parsed {
         Ok(change) => {
             msg.set_change_id(&change.change_id);
-            coordinator.add(Accepted {
+            batcher.add(Accepted {
                 change,
                 msg,
                 validation,

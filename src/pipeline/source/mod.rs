@@ -39,7 +39,7 @@ use session::{SessionEnd, session};
 pub struct SourceConfig {
     pub amqp: AmqpSettings,
     pub prefetch: u16,
-    /// `batch.max_wait_ms`: how the ack pace judges the broker's refills.
+    /// `batch.max_wait_ms`: how the ack tracker judges how fast the broker refills the window (its pace of acks).
     pub batch_max_wait: Duration,
     /// How bodies are parsed (imports parse them again the same way).
     pub parse: ParseSettings,
