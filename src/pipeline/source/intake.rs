@@ -3,18 +3,13 @@
 use std::sync::Arc;
 
 use tokio::time::Instant;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::SourceConfig;
+use super::Source;
 use crate::{
     amqp::{AckTracker, InboundMessage, PropertiesInterner},
     domain::{self, Rejection},
-    pipeline::{
-        batch::{Accepted, Batcher},
-        events,
-        settle::Outbound,
-    },
+    pipeline::{batch::Accepted, events, settle::Outbound},
 };
 
 /// Takes a delivery off lapin's hands in the compact form the worker keeps
@@ -41,13 +36,8 @@ pub(super) fn take(
 
 /// Validates a taken delivery and hands it to its batch, or to settlement
 /// as a rejection.
-pub(super) fn process(
-    cfg: &SourceConfig,
-    mut msg: InboundMessage,
-    batcher: &Batcher,
-    outbound: &Outbound,
-    tasks: &TaskTracker,
-) {
+pub(super) fn process(src: &Source, mut msg: InboundMessage) {
+    let cfg = &src.cfg;
     // One span per delivery, at debug level: at the default `info` filter it
     // costs nothing on the hot path; batches and imports have info spans.
     let span = tracing::debug_span!(
@@ -79,18 +69,18 @@ pub(super) fn process(
     match parsed {
         Ok(change) => {
             msg.set_change_id(&change.change_id);
-            batcher.add(Accepted {
+            src.batcher.add(Accepted {
                 change,
                 msg,
                 validation,
             });
         }
         Err(rejection) => {
-            let outbound = outbound.clone();
+            let outbound = src.outbound.clone();
             let source = cfg.source.clone();
             let span = tracing::info_span!("rejection", change_id = %rejection.change_id);
             crate::telemetry::adopt_parent(&span, msg.traceparent());
-            tasks.spawn(
+            src.tasks.spawn(
                 async move { settle_rejection(&outbound, &source, rejection, msg).await }
                     .instrument(span),
             );

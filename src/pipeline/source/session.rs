@@ -207,10 +207,9 @@ impl<'a> Session<'a> {
 
     /// Validates and batches up to [`PROCESS_SLICE`] taken deliveries.
     fn process_slice(&mut self) {
-        let src = self.src;
         let n = self.taken.len().min(PROCESS_SLICE);
         for msg in self.taken.drain(..n) {
-            process(&src.cfg, msg, &src.batcher, &src.outbound, &src.tasks);
+            process(self.src, msg);
         }
         // A burst grows the queue to much of the window; as it drains into
         // batches, give its room back, or it stays beside the batches the
