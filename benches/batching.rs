@@ -1,7 +1,7 @@
-//! The coordinator's batching core without a broker: per calendar, changes
+//! The scheduler's batching core without a broker: per calendar, changes
 //! join the open batch while [`BatchRules::accepts`] says so (same mode, room
 //! up to `batch.max_entries`, no overlapping entry for an agent), otherwise
-//! the batch closes and a new one opens, exactly as the coordinator does.
+//! the batch closes and a new one opens, exactly as the scheduler does.
 //!
 //! `cargo bench --bench batching`
 
@@ -11,7 +11,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use cxone_schedule_worker::{
     config::Limits,
     domain::{MessageMeta, ValidChange, ValidationMode, parse_change},
-    pipeline::coordinator::BatchRules,
+    pipeline::batch::BatchRules,
 };
 use serde_json::json;
 
@@ -62,7 +62,7 @@ fn changes(n: usize, calendars: usize, entries: usize, overlap_every: usize) -> 
         .collect()
 }
 
-/// Batches every change as the coordinator does; returns the batches closed.
+/// Batches every change as the scheduler does; returns the batches closed.
 fn batch_all(changes: Vec<ValidChange>, max_entries: usize) -> usize {
     let mut open: HashMap<String, (BatchRules, Vec<ValidChange>)> = HashMap::new();
     let mut closed = 0usize;

@@ -1,9 +1,8 @@
-//! Wires the pieces together and owns shutdown.
-//!
-//! Shutdown order (CONTRACT section 4): stop consuming → close every open
-//! batch → let in-flight imports finish and settle within
-//! `shutdown.timeout_s` → whatever is unfinished stays unacked → close the
-//! connection (the broker requeues the unacked) → exit 0.
+//! Wires the stages together and runs the shutdown's phases in order
+//! ([`crate::shutdown`]): stop consuming → close every open batch → let
+//! in-flight imports finish and settle within `shutdown.timeout_s` →
+//! whatever is unfinished stays unacked → close the connection (the broker
+//! requeues the unacked) → exit 0 (CONTRACT section 4).
 
 use std::{
     net::SocketAddr,
@@ -16,20 +15,21 @@ use tokio::{
     sync::{mpsc, watch},
     task::JoinHandle,
 };
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::task::TaskTracker;
 
 use crate::{
-    amqp::AmqpError,
+    amqp::{AckBarriers, AmqpError},
     config::Settings,
     cxone::{CxoneClient, CxoneError},
     http::{self, HttpState},
     pipeline::{
-        consumer::{self, ConsumerConfig, Control},
-        coordinator::{self, Coordinator},
-        import::{self, ImportContext},
+        batch::{self, Batcher, ParseSettings, Scheduler},
+        import::{ImportContext, Importer},
         jobs::{JobRegistry, PollPolicy},
         settle::Outbound,
+        source::{self, Source, SourceConfig},
     },
+    shutdown::{Phase, Shutdown},
     telemetry,
 };
 
@@ -53,14 +53,14 @@ pub enum AppError {
 pub struct AppHandle {
     pub http_addr: SocketAddr,
     pub instance_id: String,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
     join: JoinHandle<Result<(), AppError>>,
 }
 
 impl AppHandle {
     /// Begins a graceful shutdown (what SIGTERM does).
     pub fn shutdown(&self) {
-        self.shutdown.cancel();
+        self.shutdown.request();
     }
 
     /// Waits for the worker to stop; `Ok` after a graceful shutdown.
@@ -78,86 +78,44 @@ pub async fn run(settings: Settings) -> Result<(), AppError> {
     tracing::info!(http = %handle.http_addr, instance = %handle.instance_id, "worker started");
     let stop = handle.shutdown.clone();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        crate::shutdown::shutdown_signal().await;
         tracing::info!("shutdown requested");
-        stop.cancel();
+        stop.request();
     });
     handle.wait().await
 }
 
 /// Starts the worker in the background.
 pub async fn start(settings: Settings) -> Result<AppHandle, AppError> {
+    // First: the recorder must be installed before any metric is registered.
     let metrics = telemetry::metrics_handle();
     let client = CxoneClient::new(&settings.cxone, &settings.retry)?;
-    let listener = TcpListener::bind(settings.http.listen)
-        .await
-        .map_err(|source| AppError::Listen {
-            addr: settings.http.listen,
-            source,
-        })?;
-    let http_addr = listener.local_addr().map_err(|source| AppError::Listen {
-        addr: settings.http.listen,
-        source,
-    })?;
+    let (listener, http_addr) = bind(&settings).await?;
     let instance_id = settings.instance_id();
-    let source = format!("/cxone-schedule-worker/{instance_id}");
-
-    let shutdown = CancellationToken::new();
-    let control = Control {
-        stop_consuming: CancellationToken::new(),
-        consumer_stopped: CancellationToken::new(),
-        close: CancellationToken::new(),
-        ready: Arc::new(AtomicBool::new(false)),
-    };
-    let drain = CancellationToken::new();
-    let hard_stop = CancellationToken::new();
+    let event_source = format!("/cxone-schedule-worker/{instance_id}");
+    let shutdown = Shutdown::default();
+    let ready = Arc::new(AtomicBool::new(false));
+    // Imports and rejections run here, so the drain can wait for them.
     let tasks = TaskTracker::new();
     let jobs = JobRegistry::default();
     let (publisher_tx, publisher_rx) = watch::channel(None);
-    let (coord_tx, coord_rx) = mpsc::unbounded_channel();
-
-    let outbound = Outbound {
-        publisher: publisher_rx,
-        events_exchange: settings.amqp.events_exchange.clone(),
-        dead_letter_exchange: settings.amqp.dead_letter_exchange.clone(),
-        hard_stop: hard_stop.clone(),
-    };
-    // One value for both parses of a body: the consumer's and the import's.
-    let parse = coordinator::ParseSettings {
-        limits: settings.limits,
-        default_mode: settings.cxone.default_validation_mode,
-    };
-    let ctx = Arc::new(ImportContext {
-        client: client.clone(),
-        jobs: jobs.clone(),
-        outbound: outbound.clone(),
-        poll: PollPolicy {
-            initial: Duration::from_millis(settings.imports.poll_initial_ms),
-            max: Duration::from_millis(settings.imports.poll_max_ms),
-            timeout: Duration::from_secs(settings.imports.job_timeout_s),
+    let outbound = outbound(&settings, publisher_rx, &shutdown);
+    // One value for both parses of a body: the source's and the import's.
+    let parse = ParseSettings::of(&settings);
+    let (batcher, scheduler) = start_batching(
+        &settings,
+        ImportParts {
+            client: client.clone(),
+            jobs: jobs.clone(),
+            outbound: outbound.clone(),
+            source: event_source.clone(),
+            parse: parse.clone(),
         },
-        source: source.clone(),
-        coordinator: coord_tx.clone(),
-        parse: parse.clone(),
-    });
-    let import_tasks = tasks.clone();
-    let coordinator = Coordinator::new(
-        coordinator::Limits {
-            max_entries: settings.batch.max_entries,
-            max_wait: settings.batch_max_wait(),
-            max_concurrent: settings.imports.max_concurrent,
-            window: consumer::window(settings.effective_prefetch(), settings.amqp.partitions),
-        },
-        move |batch| {
-            let ctx = ctx.clone();
-            import_tasks.spawn(async move { import::run(&ctx, batch).await });
-        },
+        tasks.clone(),
+        shutdown.clone(),
     );
-    let (intake, coordinator_run) = coordinator.start(coord_rx, drain.clone());
-    let coordinator_task = tokio::spawn(coordinator_run);
-
     let http_state = HttpState {
-        broker_ready: control.ready.clone(),
+        broker_ready: ready.clone(),
         client,
         jobs: jobs.clone(),
         relay: outbound.clone(),
@@ -165,83 +123,36 @@ pub async fn start(settings: Settings) -> Result<AppHandle, AppError> {
         webhook_secret: settings.cxone.webhook_secret().map(|s| s.to_owned().into()),
         metrics,
     };
-    let http_stop = CancellationToken::new();
-    let app = http::router(http_state, settings.http.webhook_max_body_bytes);
-    let http_task = {
-        let stop = http_stop.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-        })
-    };
-
-    let consumer_cfg = ConsumerConfig {
-        amqp: settings.amqp.clone(),
-        prefetch: settings.effective_prefetch(),
-        batch_max_wait: settings.batch_max_wait(),
-        parse,
-        connection_name: instance_id.clone(),
+    let router = http::router(http_state, settings.http.webhook_max_body_bytes);
+    let http = serve_http(listener, router, shutdown.clone());
+    let source = tokio::spawn(
+        Source {
+            cfg: SourceConfig {
+                amqp: settings.amqp.clone(),
+                prefetch: settings.effective_prefetch(),
+                batch_max_wait: settings.batch_max_wait(),
+                parse,
+                connection_name: instance_id.clone(),
+                source: event_source,
+                jobs,
+            },
+            publisher: publisher_tx,
+            batcher,
+            outbound,
+            tasks: tasks.clone(),
+            shutdown: shutdown.clone(),
+            ready,
+        }
+        .run(),
+    );
+    let stages = Stages {
         source,
-        jobs,
+        scheduler,
+        tasks,
+        http,
+        grace: Duration::from_secs(settings.shutdown.timeout_s),
     };
-    let stop_consuming = control.stop_consuming.clone();
-    let consumer_stopped = control.consumer_stopped.clone();
-    let close = control.close.clone();
-    let consumer_task = tokio::spawn(consumer::run(
-        consumer_cfg,
-        publisher_tx,
-        intake,
-        outbound,
-        tasks.clone(),
-        control,
-    ));
-
-    let grace = Duration::from_secs(settings.shutdown.timeout_s);
-    let supervisor_shutdown = shutdown.clone();
-    let join = tokio::spawn(async move {
-        let mut consumer_task = consumer_task;
-        let early = tokio::select! {
-            _ = supervisor_shutdown.cancelled() => None,
-            r = &mut consumer_task => Some(r),
-        };
-        // Stop taking deliveries, then drain what was taken.
-        stop_consuming.cancel();
-        let deadline = tokio::time::Instant::now() + grace;
-        let _ = tokio::time::timeout_at(deadline, consumer_stopped.cancelled()).await;
-        drain.cancel();
-        let drained = tokio::time::timeout_at(deadline, async {
-            let _ = coordinator_task.await;
-            tasks.close();
-            tasks.wait().await;
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(
-                grace_s = grace.as_secs(),
-                "shutdown grace period over; unfinished changes stay unacked and will be redelivered"
-            );
-            hard_stop.cancel();
-            // The drain above was cut off before it closed the tracker, and
-            // `wait` never resolves on an open tracker: without this the
-            // exit always took 5 s more than shutdown.timeout_s.
-            tasks.close();
-            let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
-        }
-        close.cancel();
-        let result = match early {
-            Some(r) => r,
-            None => consumer_task.await,
-        };
-        http_stop.cancel();
-        let _ = http_task.await;
-        tracing::info!("worker stopped");
-        match result {
-            Ok(r) => r.map_err(AppError::from),
-            Err(e) => panic!("connection manager panicked: {e}"),
-        }
-    });
-
+    let join = tokio::spawn(supervise(shutdown.clone(), stages));
     Ok(AppHandle {
         http_addr,
         instance_id,
@@ -250,23 +161,148 @@ pub async fn start(settings: Settings) -> Result<AppHandle, AppError> {
     })
 }
 
-/// Resolves on the first SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {},
-                    _ = term.recv() => {},
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
+async fn bind(settings: &Settings) -> Result<(TcpListener, SocketAddr), AppError> {
+    let addr = settings.http.listen;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Listen { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| AppError::Listen { addr, source })?;
+    Ok((listener, local))
+}
+
+/// Where settlement and the webhook relay publish.
+fn outbound(
+    settings: &Settings,
+    publisher: watch::Receiver<Option<crate::amqp::Publisher>>,
+    shutdown: &Shutdown,
+) -> Outbound {
+    Outbound {
+        publisher,
+        events_exchange: settings.amqp.events_exchange.clone(),
+        dead_letter_exchange: settings.amqp.dead_letter_exchange.clone(),
+        hard_stop: shutdown.token_for(Phase::AbandonImports),
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+}
+
+/// Serves health, metrics and the webhook until the shutdown stops HTTP.
+fn serve_http(listener: TcpListener, router: axum::Router, shutdown: Shutdown) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { shutdown.entered(Phase::StopHttp).await })
+            .await;
+    })
+}
+
+/// What an import needs besides the scheduler's channel and the barriers.
+struct ImportParts {
+    client: CxoneClient,
+    jobs: JobRegistry,
+    outbound: Outbound,
+    source: String,
+    parse: ParseSettings,
+}
+
+/// Wires batch → import: the scheduler hands batches to the importer, the
+/// importer reports ended imports back on a channel. Returns the source's
+/// way in and the scheduler task.
+fn start_batching(
+    settings: &Settings,
+    parts: ImportParts,
+    tasks: TaskTracker,
+    shutdown: Shutdown,
+) -> (Batcher, JoinHandle<()>) {
+    let (ended_tx, ended_rx) = mpsc::unbounded_channel();
+    let barriers = AckBarriers::default();
+    let importer = Importer::new(
+        ImportContext {
+            client: parts.client,
+            jobs: parts.jobs,
+            outbound: parts.outbound,
+            poll: PollPolicy {
+                initial: Duration::from_millis(settings.imports.poll_initial_ms),
+                max: Duration::from_millis(settings.imports.poll_max_ms),
+                timeout: Duration::from_secs(settings.imports.job_timeout_s),
+            },
+            source: parts.source,
+            ended: ended_tx,
+            parse: parts.parse,
+            barriers: barriers.clone(),
+        },
+        tasks,
+    );
+    let scheduler = Scheduler::new(
+        batch::Limits {
+            max_entries: settings.batch.max_entries,
+            max_wait: settings.batch_max_wait(),
+            max_concurrent: settings.imports.max_concurrent,
+            window: source::window(settings.effective_prefetch(), settings.amqp.partitions),
+        },
+        importer,
+        barriers,
+    );
+    let (batcher, run) = scheduler.start(ended_rx, shutdown);
+    (batcher, tokio::spawn(run))
+}
+
+/// The running stages, as shutdown waits for them.
+struct Stages {
+    source: JoinHandle<Result<(), AmqpError>>,
+    scheduler: JoinHandle<()>,
+    /// Imports and rejections being settled.
+    tasks: TaskTracker,
+    http: JoinHandle<()>,
+    /// `shutdown.timeout_s`: how long the drain may take.
+    grace: Duration,
+}
+
+/// Waits for a shutdown request (or the source to fail), then runs the
+/// shutdown's phases in order.
+async fn supervise(shutdown: Shutdown, stages: Stages) -> Result<(), AppError> {
+    let Stages {
+        mut source,
+        scheduler,
+        tasks,
+        http,
+        grace,
+    } = stages;
+    let early = tokio::select! {
+        _ = shutdown.entered(Phase::StopConsuming) => None,
+        r = &mut source => Some(r),
+    };
+    // Stop taking deliveries, then drain what was taken.
+    shutdown.enter(Phase::StopConsuming);
+    let deadline = tokio::time::Instant::now() + grace;
+    let _ = tokio::time::timeout_at(deadline, shutdown.consuming_stopped()).await;
+    shutdown.enter(Phase::DrainBatches);
+    let drained = tokio::time::timeout_at(deadline, async {
+        let _ = scheduler.await;
+        tasks.close();
+        tasks.wait().await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            grace_s = grace.as_secs(),
+            "shutdown grace period over; unfinished changes stay unacked and will be redelivered"
+        );
+        shutdown.enter(Phase::AbandonImports);
+        // The drain above was cut off before it closed the tracker, and
+        // `wait` never resolves on an open tracker.
+        tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
+    }
+    shutdown.enter(Phase::CloseConnection);
+    let result = match early {
+        Some(r) => r,
+        None => source.await,
+    };
+    shutdown.enter(Phase::StopHttp);
+    let _ = http.await;
+    tracing::info!("worker stopped");
+    match result {
+        Ok(r) => r.map_err(AppError::from),
+        Err(e) => panic!("connection manager panicked: {e}"),
+    }
 }

@@ -8,15 +8,18 @@
 //! - [`config`]: typed settings, layered defaults, env overrides, validation.
 //! - [`domain`]: the change model and every validation rule; capacity.
 //! - [`cxone`]: the only module that knows CXone: token cache, API client,
-//!   error classes, retry policy.
+//!   error classes, retry policy, the import body's JSON shape.
 //! - [`sim`]: the CXone simulator, in process for tests or standalone.
-//! - [`amqp`]: connection, topology, confirmed publisher.
-//! - [`pipeline`]: per-calendar batcher, import scheduler, job tracker,
-//!   settlement (events, dead letters, then acks).
+//! - [`amqp`]: connection, topology, confirmed publisher, the delivery as
+//!   the worker keeps it, acks and the ack barrier.
+//! - [`pipeline`]: the stages in order: `source` (consume, validate),
+//!   `batch`, `import` (with `jobs`), `settle` (publish, ack), `events`.
 //! - [`http`]: health, readiness, metrics and the CXone webhook.
 //! - [`telemetry`]: logs, traces and the metrics registry.
-//! - [`app`]: wires the pieces together and owns shutdown.
+//! - [`shutdown`]: the shutdown's phases and the signals that start it.
+//! - [`app`]: wires the stages together and runs the shutdown's phases.
 //! - [`cmd`]: the CLI subcommands other than `run` (`validate`, `publish`, `demo`).
+//! - `substring`: the substring search the delivery and the import body share.
 #![forbid(unsafe_code)]
 
 pub mod amqp;
@@ -27,5 +30,7 @@ pub mod cxone;
 pub mod domain;
 pub mod http;
 pub mod pipeline;
+pub mod shutdown;
 pub mod sim;
+mod substring;
 pub mod telemetry;

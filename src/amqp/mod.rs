@@ -11,20 +11,27 @@
 //! - `publisher`: the confirmed [`Publisher`] and its pending [`Confirm`].
 //! - `ack`: [`AckTracker`], which coalesces one channel's acks; its module
 //!   docs define front, straggler, round, window, chunk and pace.
+//! - `delivery`: [`InboundMessage`], a delivery as the worker keeps it.
+//! - `barrier`: [`AckBarriers`], each calendar's previous batch's acks, which
+//!   its next import waits for.
 //! - `headers`: [`header_str`]; `error`: [`AmqpError`].
 //!
 //! Everything the rest of the crate uses is re-exported here, so its paths
 //! are `crate::amqp::X` whatever file `X` lives in.
 
 mod ack;
+pub mod barrier;
 mod connection;
+pub mod delivery;
 mod error;
 mod headers;
 mod publisher;
 mod topology;
 
 pub use ack::{AckTracker, MULTIPLE_ACK_CHUNK, STRAGGLER_DELAY};
+pub use barrier::{AckBarrier, AckBarriers, ack_all};
 pub use connection::{connect, reconnect_delay};
+pub use delivery::{InboundMessage, PropertiesInterner};
 pub use error::AmqpError;
 pub use headers::header_str;
 pub use publisher::{Confirm, Publisher, persistent};

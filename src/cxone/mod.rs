@@ -5,6 +5,7 @@
 
 mod client;
 mod error;
+pub mod import_body;
 mod pacing;
 pub mod retry;
 mod token;

@@ -1,19 +1,25 @@
-//! One import: submit the batch, follow its job, settle its deliveries.
+//! The import stage: one task per batch. It waits at the calendar's ack
+//! barrier, submits the batch, follows its job (poll or webhook), settles
+//! the outcome (events, dead letters, acks), records the acks in the
+//! barrier and frees the calendar in the scheduler.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use sha2::{Digest, Sha256};
 use tokio::{sync::mpsc, time::Instant};
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::{
-    AckedThrough, InboundMessage,
-    coordinator::{Batch, Input, ParseSettings},
+    batch::{Batch, ImportEnded, ImportStage, ParseSettings},
     events::{self, ErrorInfo, Timings},
     jobs::{JobEnd, JobRegistry, PollPolicy, follow},
-    settle::Outbound,
+    settle::{Abandoned, Outbound, SentEvent},
 };
-use crate::cxone::{CxoneClient, JobStatus};
+use crate::{
+    amqp::{AckBarrier, AckBarriers, InboundMessage},
+    cxone::{CxoneClient, JobStatus, Submitted},
+};
 
 /// Everything an import needs, shared by all of them.
 pub struct ImportContext {
@@ -23,9 +29,39 @@ pub struct ImportContext {
     pub poll: PollPolicy,
     /// CloudEvents `source`: `/cxone-schedule-worker/{instance}`.
     pub source: String,
-    pub coordinator: mpsc::UnboundedSender<Input>,
-    /// How the consumer parsed the bodies (imports rebuild entries from them).
+    /// Where an import reports that it ended (the scheduler task).
+    pub ended: mpsc::UnboundedSender<ImportEnded>,
+    /// How the source parsed the bodies (imports rebuild entries from them).
     pub parse: ParseSettings,
+    /// Settled batches' acks per calendar, which the calendar's next import waits for.
+    pub barriers: AckBarriers,
+}
+
+/// The import stage: runs each batch the scheduler sends on its own task.
+pub struct Importer {
+    ctx: Arc<ImportContext>,
+    tasks: TaskTracker,
+}
+
+impl Importer {
+    /// Imports run on `tasks`, so shutdown can wait for them.
+    pub fn new(ctx: ImportContext, tasks: TaskTracker) -> Importer {
+        Importer {
+            ctx: Arc::new(ctx),
+            tasks,
+        }
+    }
+}
+
+impl ImportStage for Importer {
+    fn start(&mut self, batch: Batch) {
+        // Taken when the import starts (the calendar's previous import has
+        // ended): acks that settle from now on are the next import's to wait for.
+        let previous = self.ctx.barriers.take(&batch.calendar_id);
+        let ctx = self.ctx.clone();
+        self.tasks
+            .spawn(async move { run(&ctx, batch, previous).await });
+    }
 }
 
 /// The batch id: a deterministic hash of the calendar id and the sorted change
@@ -52,8 +88,81 @@ enum Outcome {
     },
 }
 
-/// Runs one batch to settlement, then frees its calendar in the coordinator.
-pub async fn run(ctx: &ImportContext, mut batch: Batch) {
+impl Outcome {
+    fn failed(
+        job_id: Option<String>,
+        code: &str,
+        message: String,
+        http_status: Option<u16>,
+    ) -> Self {
+        Outcome::Failed {
+            job_id,
+            error: ErrorInfo {
+                code: code.to_owned(),
+                message,
+                http_status,
+            },
+        }
+    }
+}
+
+/// What one import is about, worked out once from its batch.
+struct Facts<'a> {
+    batch_id: String,
+    calendar_id: &'a str,
+    change_ids: &'a [String],
+    entry_count: usize,
+    /// When its oldest delivery arrived.
+    started: Instant,
+    validation: Duration,
+    capacity_minutes: u64,
+    /// Only a well-formed W3C traceparent travels on (to CXone as an HTTP
+    /// header, to the events as an AMQP header): a malformed one from a
+    /// publisher must not fail the import (reqwest refuses header values with
+    /// control characters) nor reach listeners.
+    traceparent: Option<String>,
+}
+
+impl<'a> Facts<'a> {
+    fn of(batch: &'a Batch, change_ids: &'a [String]) -> Facts<'a> {
+        let changes = &batch.changes;
+        Facts {
+            batch_id: batch_id(&batch.calendar_id, change_ids),
+            calendar_id: &batch.calendar_id,
+            change_ids,
+            entry_count: batch.entry_count,
+            started: changes
+                .iter()
+                .map(|a| a.msg.received_at)
+                .min()
+                .unwrap_or_else(Instant::now),
+            validation: Duration::from_micros(
+                changes.iter().map(|a| u64::from(a.validation_us)).sum(),
+            ),
+            capacity_minutes: changes.iter().map(|a| u64::from(a.capacity_minutes)).sum(),
+            traceparent: crate::telemetry::outgoing_traceparent(
+                changes.first().and_then(|a| a.msg.traceparent()),
+            ),
+        }
+    }
+
+    fn tp(&self) -> Option<&str> {
+        self.traceparent.as_deref()
+    }
+}
+
+/// What following the import measured, for its terminal event.
+#[derive(Default)]
+struct Progress {
+    attempts: u32,
+    request_ms: u64,
+    polling_ms: u64,
+    /// The `submitted` event, its confirm awaited at settlement.
+    submitted_event: Option<SentEvent>,
+}
+
+/// Runs one batch to settlement, then frees its calendar in the scheduler.
+async fn run(ctx: &ImportContext, batch: Batch, previous: Option<AckBarrier>) {
     let change_ids = batch.change_ids();
     let calendar_id = batch.calendar_id.clone();
     let span = tracing::info_span!(
@@ -68,64 +177,38 @@ pub async fn run(ctx: &ImportContext, mut batch: Batch) {
         &span,
         batch.changes.first().and_then(|a| a.msg.traceparent()),
     );
-    let acked = tokio::select! {
-        acked = import(ctx, &mut batch, &change_ids).instrument(span) => acked,
+    let settled = tokio::select! {
+        settled = import(ctx, &batch, &change_ids, previous).instrument(span) => settled,
         _ = ctx.outbound.hard_stop.cancelled() => {
             tracing::warn!(calendar_id, "shutdown grace period over: import abandoned unacked; the broker will redeliver its changes");
-            None
+            false
         }
     };
-    let deliveries = batch.changes.len() + batch.shared.attached();
-    let _ = ctx.coordinator.send(Input::Finished {
+    let deliveries = batch.changes.len() + batch.repeats.attached();
+    let _ = ctx.ended.send(ImportEnded {
         calendar_id,
         change_ids,
         deliveries,
-        acked,
+        settled,
     });
 }
 
-/// Where the batch's deliveries end when it was settled (event published,
-/// deliveries acked or on their way); `None` when it was abandoned.
+/// Imports and settles the batch; whether it was settled (event published,
+/// deliveries acked or on their way, which the barrier then records) rather
+/// than abandoned.
 async fn import(
     ctx: &ImportContext,
-    batch: &mut Batch,
+    batch: &Batch,
     change_ids: &[String],
-) -> Option<AckedThrough> {
-    let batch_id = batch_id(&batch.calendar_id, change_ids);
-    let calendar_id = batch.calendar_id.as_str();
-    tracing::Span::current().record("batch_id", batch_id.as_str());
-    let started = batch
-        .changes
-        .iter()
-        .map(|a| a.msg.received_at)
-        .min()
-        .unwrap_or_else(Instant::now);
-    let validation = Duration::from_micros(
-        batch
-            .changes
-            .iter()
-            .map(|a| u64::from(a.validation_us))
-            .sum(),
-    );
-    let capacity: u64 = batch
-        .changes
-        .iter()
-        .map(|a| u64::from(a.capacity_minutes))
-        .sum();
-    // Only a well-formed W3C traceparent travels on (to CXone as an HTTP
-    // header, to the events as an AMQP header): a malformed one from a
-    // publisher must not fail the import (reqwest refuses header values with
-    // control characters) nor reach listeners.
-    let traceparent = crate::telemetry::outgoing_traceparent(
-        batch.changes.first().and_then(|a| a.msg.traceparent()),
-    );
-    let tp = traceparent.as_deref();
-    let entry_count = batch.entry_count;
-
-    // The calendar's previous batch is acked before this one reaches CXone
-    // (see `AckTracker::ack_through`); in a steady drain it already is.
-    if let Some(previous) = batch.previous.take() {
-        previous.ensure().await;
+    previous: Option<AckBarrier>,
+) -> bool {
+    let facts = Facts::of(batch, change_ids);
+    tracing::Span::current().record("batch_id", facts.batch_id.as_str());
+    // The calendar's previous batch is acked, and its acks processed by the
+    // broker, before this one reaches CXone (see `AckTracker::ack_through`);
+    // in a steady drain it already is.
+    if let Some(previous) = previous {
+        previous.wait_processed().await;
     }
     // Deliveries whose channel closed come back from the broker, to this
     // worker or another, and are imported then: importing them now as
@@ -133,216 +216,274 @@ async fn import(
     // of the calendar whose acks died with the same channel (the older one
     // is imported again on its way back, and this batch, were it to come
     // back the same, would be replayed, not applied).
-    if batch.shared.attached() == 0 && batch.changes.iter().all(|a| !a.msg.acks.is_open()) {
+    if batch.repeats.attached() == 0 && batch.changes.iter().all(|a| !a.msg.acks.is_open()) {
         tracing::warn!(
             "the broker channel of this batch's deliveries closed before its import; left for the broker to redeliver"
         );
         metrics::counter!("csw_imports_total", "outcome" => "abandoned").increment(1);
-        return None;
+        return false;
     }
+    let mut progress = Progress::default();
+    let outcome = match submit(ctx, batch, &facts, &mut progress).await {
+        Ok(submitted) => follow_job(ctx, submitted, &facts, &mut progress).await,
+        Err(failed) => failed,
+    };
+    match settle_outcome(ctx, batch, &facts, &outcome, progress).await {
+        Ok(acked) => {
+            ctx.barriers.record(facts.calendar_id, acked);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// Builds the body and posts it; the accepted job, or the failure to report.
+async fn submit(
+    ctx: &ImportContext,
+    batch: &Batch,
+    facts: &Facts<'_>,
+    progress: &mut Progress,
+) -> Result<Submitted, Outcome> {
     let body = batch.import_body(&ctx.parse);
     let request_started = Instant::now();
     let submitted = match body {
         Ok(body) => Ok(ctx
             .client
-            .submit_import_body(body.into(), calendar_id, entry_count, &batch_id, tp)
+            .submit_import_body(
+                body.into(),
+                facts.calendar_id,
+                facts.entry_count,
+                &facts.batch_id,
+                facts.tp(),
+            )
             .await),
         Err(message) => Err(message),
     };
-    let request_ms = ms(request_started.elapsed());
+    progress.request_ms = ms(request_started.elapsed());
     metrics::histogram!("csw_stage_duration_seconds", "stage" => "request")
         .record(request_started.elapsed().as_secs_f64());
-    let mut attempts = 0;
-    let mut polling_ms = 0;
-    let mut submitted_event = None;
-    let outcome = match submitted {
+    match submitted {
+        Ok(Ok(sub)) => Ok(sub),
         Err(message) => {
             tracing::error!(%message, "import body not built");
-            Outcome::Failed {
-                job_id: None,
-                error: ErrorInfo {
-                    code: "INTERNAL_ERROR".into(),
-                    message,
-                    http_status: None,
-                },
-            }
+            Err(Outcome::failed(None, "INTERNAL_ERROR", message, None))
         }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "import request failed");
-            Outcome::Failed {
-                job_id: None,
-                error: ErrorInfo {
-                    code: e.code().to_owned(),
-                    message: e.to_string(),
-                    http_status: e.http_status(),
-                },
-            }
+            Err(Outcome::failed(
+                None,
+                e.code(),
+                e.to_string(),
+                e.http_status(),
+            ))
         }
-        Ok(Ok(sub)) => {
-            attempts = sub.attempts;
-            tracing::Span::current().record("job_id", sub.job_id.as_str());
-            let event = events::encode(
-                events::SUBMITTED,
-                &batch_id,
-                &ctx.source,
-                Some(calendar_id),
-                tp,
-                &events::Submitted {
-                    batch_id: &batch_id,
-                    calendar_id,
-                    job_id: &sub.job_id,
-                    change_ids,
-                    entry_count,
-                },
-            );
-            // Its confirm is awaited at settlement, with the terminal
-            // event's: the job is followed meanwhile.
-            submitted_event = Some(ctx.outbound.send_event(events::SUBMITTED, event, tp).await);
-            let poll_started = Instant::now();
-            let end = follow(&ctx.client, &ctx.jobs, &sub.job_id, &ctx.poll, tp).await;
-            polling_ms = ms(poll_started.elapsed());
-            metrics::histogram!("csw_stage_duration_seconds", "stage" => "polling")
-                .record(poll_started.elapsed().as_secs_f64());
-            if matches!(&end, JobEnd::Finished(job) if job.status == JobStatus::Completed) {
-                Outcome::Completed { job_id: sub.job_id }
-            } else {
-                let job_id = Some(sub.job_id);
-                match end {
-                    JobEnd::Finished(job) => Outcome::Failed {
-                        job_id,
-                        error: ErrorInfo {
-                            code: "JOB_FAILED".into(),
-                            message: if job.errors.is_empty() {
-                                "CXone reported the import job FAILED".into()
-                            } else {
-                                format!(
-                                    "CXone reported the import job FAILED: {}",
-                                    serde_json::Value::Array(job.errors)
-                                )
-                            },
-                            http_status: None,
-                        },
-                    },
-                    JobEnd::TimedOut => Outcome::Failed {
-                        job_id,
-                        error: ErrorInfo {
-                            code: "JOB_TIMEOUT".into(),
-                            message: format!(
-                                "the import job did not finish within imports.job_timeout_s ({} s)",
-                                ctx.poll.timeout.as_secs()
-                            ),
-                            http_status: None,
-                        },
-                    },
-                    JobEnd::Error(e) => Outcome::Failed {
-                        job_id,
-                        error: ErrorInfo {
-                            code: e.code().to_owned(),
-                            message: format!("following the import job failed: {e}"),
-                            http_status: e.http_status(),
-                        },
-                    },
-                }
-            }
-        }
-    };
+    }
+}
 
-    let total = started.elapsed();
+/// Announces the submitted job, then follows it to its end.
+async fn follow_job(
+    ctx: &ImportContext,
+    sub: Submitted,
+    facts: &Facts<'_>,
+    progress: &mut Progress,
+) -> Outcome {
+    progress.attempts = sub.attempts;
+    tracing::Span::current().record("job_id", sub.job_id.as_str());
+    let event = events::encode(
+        events::SUBMITTED,
+        &facts.batch_id,
+        &ctx.source,
+        Some(facts.calendar_id),
+        facts.tp(),
+        &events::Submitted {
+            batch_id: &facts.batch_id,
+            calendar_id: facts.calendar_id,
+            job_id: &sub.job_id,
+            change_ids: facts.change_ids,
+            entry_count: facts.entry_count,
+        },
+    );
+    // Its confirm is awaited at settlement, with the terminal
+    // event's: the job is followed meanwhile.
+    progress.submitted_event = Some(
+        ctx.outbound
+            .send_event(events::SUBMITTED, event, facts.tp())
+            .await,
+    );
+    let poll_started = Instant::now();
+    let end = follow(&ctx.client, &ctx.jobs, &sub.job_id, &ctx.poll, facts.tp()).await;
+    progress.polling_ms = ms(poll_started.elapsed());
+    metrics::histogram!("csw_stage_duration_seconds", "stage" => "polling")
+        .record(poll_started.elapsed().as_secs_f64());
+    job_outcome(end, sub.job_id, &ctx.poll)
+}
+
+fn job_outcome(end: JobEnd, job_id: String, poll: &PollPolicy) -> Outcome {
+    match end {
+        JobEnd::Finished(job) if job.status == JobStatus::Completed => {
+            Outcome::Completed { job_id }
+        }
+        JobEnd::Finished(job) => Outcome::failed(
+            Some(job_id),
+            "JOB_FAILED",
+            if job.errors.is_empty() {
+                "CXone reported the import job FAILED".into()
+            } else {
+                format!(
+                    "CXone reported the import job FAILED: {}",
+                    serde_json::Value::Array(job.errors)
+                )
+            },
+            None,
+        ),
+        JobEnd::TimedOut => Outcome::failed(
+            Some(job_id),
+            "JOB_TIMEOUT",
+            format!(
+                "the import job did not finish within imports.job_timeout_s ({} s)",
+                poll.timeout.as_secs()
+            ),
+            None,
+        ),
+        JobEnd::Error(e) => Outcome::failed(
+            Some(job_id),
+            e.code(),
+            format!("following the import job failed: {e}"),
+            e.http_status(),
+        ),
+    }
+}
+
+/// Publishes the outcome's event, dead-letters a failed batch's deliveries,
+/// then acks them all (repeats of a changeId included).
+async fn settle_outcome(
+    ctx: &ImportContext,
+    batch: &Batch,
+    facts: &Facts<'_>,
+    outcome: &Outcome,
+    progress: Progress,
+) -> Result<AckBarrier, Abandoned> {
+    let total = facts.started.elapsed();
     metrics::histogram!("csw_stage_duration_seconds", "stage" => "total")
         .record(total.as_secs_f64());
     metrics::histogram!("csw_stage_duration_seconds", "stage" => "validation")
-        .record(validation.as_secs_f64());
+        .record(facts.validation.as_secs_f64());
     let timings = Timings {
-        validation_ms: ms(validation),
-        request_ms,
-        polling_ms,
+        validation_ms: ms(facts.validation),
+        request_ms: progress.request_ms,
+        polling_ms: progress.polling_ms,
         total_ms: ms(total),
     };
-    let duplicates = batch.shared.take_duplicates();
+    let duplicates = batch.repeats.take_duplicates();
     let messages: Vec<&InboundMessage> = batch
         .changes
         .iter()
         .map(|a| &a.msg)
         .chain(duplicates.iter())
         .collect();
-    let settled = match &outcome {
-        Outcome::Completed { job_id } => {
-            let event = events::encode(
-                events::COMPLETED,
-                &batch_id,
-                &ctx.source,
-                Some(calendar_id),
-                tp,
-                &events::Completed {
-                    batch_id: &batch_id,
-                    calendar_id,
-                    job_id,
-                    change_ids,
-                    entry_count,
-                    capacity_minutes: capacity,
-                    attempts,
-                    timings,
-                },
-            );
-            ctx.outbound
-                .settle(
-                    submitted_event,
-                    events::COMPLETED,
-                    event,
-                    tp,
-                    None,
-                    &messages,
-                )
-                .await
-        }
-        Outcome::Failed { job_id, error } => {
-            let event = events::encode(
-                events::FAILED,
-                &batch_id,
-                &ctx.source,
-                Some(calendar_id),
-                tp,
-                &events::Failed {
-                    batch_id: &batch_id,
-                    calendar_id,
-                    job_id: job_id.as_deref(),
-                    change_ids,
-                    entry_count,
-                    capacity_minutes: capacity,
-                    attempts,
-                    timings,
-                    error,
-                },
-            );
-            ctx.outbound
-                .settle(
-                    submitted_event,
-                    events::FAILED,
-                    event,
-                    tp,
-                    Some((&error.code, &error.message)),
-                    &messages,
-                )
-                .await
-        }
+    let (routing_key, event) = outcome_event(ctx, facts, outcome, progress.attempts, timings);
+    let dead_letter = match outcome {
+        Outcome::Completed { .. } => None,
+        Outcome::Failed { error, .. } => Some((error.code.as_str(), error.message.as_str())),
     };
-    let label = match (&outcome, &settled) {
+    let settled = ctx
+        .outbound
+        .settle(
+            progress.submitted_event,
+            routing_key,
+            event,
+            facts.tp(),
+            dead_letter,
+            &messages,
+        )
+        .await;
+    report(outcome, &settled, facts.change_ids.len(), timings);
+    settled
+}
+
+/// The terminal event: `completed` or `failed`.
+fn outcome_event(
+    ctx: &ImportContext,
+    facts: &Facts<'_>,
+    outcome: &Outcome,
+    attempts: u32,
+    timings: Timings,
+) -> (&'static str, Vec<u8>) {
+    match outcome {
+        Outcome::Completed { job_id } => encode_event(
+            ctx,
+            facts,
+            events::COMPLETED,
+            &events::Completed {
+                batch_id: &facts.batch_id,
+                calendar_id: facts.calendar_id,
+                job_id,
+                change_ids: facts.change_ids,
+                entry_count: facts.entry_count,
+                capacity_minutes: facts.capacity_minutes,
+                attempts,
+                timings,
+            },
+        ),
+        Outcome::Failed { job_id, error } => encode_event(
+            ctx,
+            facts,
+            events::FAILED,
+            &events::Failed {
+                batch_id: &facts.batch_id,
+                calendar_id: facts.calendar_id,
+                job_id: job_id.as_deref(),
+                change_ids: facts.change_ids,
+                entry_count: facts.entry_count,
+                capacity_minutes: facts.capacity_minutes,
+                attempts,
+                timings,
+                error,
+            },
+        ),
+    }
+}
+
+fn encode_event<D: serde::Serialize>(
+    ctx: &ImportContext,
+    facts: &Facts<'_>,
+    routing_key: &'static str,
+    data: &D,
+) -> (&'static str, Vec<u8>) {
+    let event = events::encode(
+        routing_key,
+        &facts.batch_id,
+        &ctx.source,
+        Some(facts.calendar_id),
+        facts.tp(),
+        data,
+    );
+    (routing_key, event)
+}
+
+/// Counts and logs how the import ended.
+fn report(
+    outcome: &Outcome,
+    settled: &Result<AckBarrier, Abandoned>,
+    changes: usize,
+    timings: Timings,
+) {
+    let label = match (outcome, settled) {
         (_, Err(_)) => "abandoned",
         (Outcome::Completed { .. }, _) => "completed",
         (Outcome::Failed { .. }, _) => "failed",
     };
     metrics::counter!("csw_imports_total", "outcome" => label).increment(1);
-    match (&outcome, &settled) {
+    match (outcome, settled) {
         (_, Err(e)) => tracing::warn!(error = %e, "batch left unacked"),
         (Outcome::Completed { .. }, Ok(_)) => {
-            metrics::counter!("csw_changes_imported_total").increment(change_ids.len() as u64);
+            metrics::counter!("csw_changes_imported_total").increment(changes as u64);
             tracing::info!(total_ms = timings.total_ms, "import completed");
         }
         (Outcome::Failed { error, .. }, Ok(_)) => {
             tracing::warn!(code = %error.code, message = %error.message, "import failed; changes dead-lettered")
         }
     }
-    settled.ok()
 }
 
 fn ms(d: Duration) -> u64 {

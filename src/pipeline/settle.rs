@@ -10,8 +10,8 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{AckedThrough, InboundMessage, ack_all, events};
-use crate::amqp::{AmqpError, Confirm, Publisher, persistent};
+use super::events;
+use crate::amqp::{AckBarrier, AmqpError, Confirm, InboundMessage, Publisher, ack_all, persistent};
 
 /// The current publisher; `None` while the broker connection is down.
 pub type PublisherWatch = watch::Receiver<Option<Publisher>>;
@@ -158,7 +158,7 @@ impl Outbound {
         traceparent: Option<&str>,
         dead_letter: Option<(&str, &str)>,
         messages: &[&InboundMessage],
-    ) -> Result<AckedThrough, Abandoned> {
+    ) -> Result<AckBarrier, Abandoned> {
         // An earlier event that could not be sent yet is published first, so
         // listeners still see the batch's events in order.
         let earlier = match earlier {

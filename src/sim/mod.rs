@@ -414,7 +414,7 @@ pub async fn run_standalone(cfg: SimConfig) -> anyhow::Result<()> {
         base_url = %server.base_url(),
         "CXone simulator listening (use the base URL as cxone.base_url and cxone.auth_url)"
     );
-    crate::app::shutdown_signal().await;
+    crate::shutdown::shutdown_signal().await;
     server.shutdown().await;
     Ok(())
 }

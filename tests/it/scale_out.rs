@@ -36,7 +36,7 @@ async fn three_replicas_share_twelve_partitions_and_survive_a_kill() {
             WorkerProc::spawn(
                 &env,
                 &log_path(&format!("scale-{id}")),
-                "warn,cxone_schedule_worker::pipeline::consumer=info",
+                "warn,cxone_schedule_worker::pipeline::source=info",
             )
         })
         .collect();

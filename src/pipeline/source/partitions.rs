@@ -22,8 +22,16 @@ use std::{
     time::Duration,
 };
 
+use futures_util::StreamExt;
+use lapin::{BasicProperties, Channel, message::Delivery, options::BasicPublishOptions};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
+
+use super::session::fanout_stream;
+use crate::{
+    amqp::{AmqpError, members_exchange_name},
+    config::AmqpSettings,
+};
 
 /// How often a replica says it is alive.
 pub const HEARTBEAT: Duration = Duration::from_millis(1000);
@@ -90,6 +98,124 @@ impl Members {
         (0..n)
             .filter(|p| owner(live.iter().copied(), *p) == Some(self.me.as_str()))
             .collect()
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Heartbeat {
+    instance: String,
+    leaving: bool,
+}
+
+async fn send_heartbeat(ch: &Channel, exchange: &str, me: &str, leaving: bool) {
+    let body = serde_json::to_vec(&Heartbeat {
+        instance: me.to_owned(),
+        leaving,
+    })
+    .expect("heartbeat serialises");
+    let _ = ch
+        .basic_publish(
+            exchange.into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            &body,
+            BasicProperties::default(),
+        )
+        .await;
+}
+
+/// This replica's part in the membership, over one connection: the
+/// heartbeats it hears and sends, and when its partitions change.
+pub(super) struct Membership {
+    members: Members,
+    me: String,
+    /// Heartbeats of every replica; `None` when there is one queue (no partitions).
+    notices: Option<lapin::Consumer>,
+    exchange: String,
+    /// Gather a view of the other replicas before claiming partitions, to
+    /// avoid grabbing everything and handing most of it back a second later.
+    claim_after: Instant,
+    rebalance_due: bool,
+}
+
+impl Membership {
+    pub(super) async fn join(
+        setup: &Channel,
+        amqp: &AmqpSettings,
+        me: &str,
+        partitioned: bool,
+    ) -> Result<Membership, AmqpError> {
+        let exchange = members_exchange_name(amqp);
+        let notices = if partitioned {
+            Some(fanout_stream(setup, &exchange).await?)
+        } else {
+            None
+        };
+        let claim_after = Instant::now()
+            + if partitioned {
+                HEARTBEAT + HEARTBEAT / 2
+            } else {
+                Duration::ZERO
+            };
+        Ok(Membership {
+            members: Members::new(me),
+            me: me.to_owned(),
+            notices,
+            exchange,
+            claim_after,
+            rebalance_due: true,
+        })
+    }
+
+    pub(super) fn partitioned(&self) -> bool {
+        self.notices.is_some()
+    }
+
+    /// The next heartbeat heard; pending forever without partitions.
+    pub(super) async fn next_notice(&mut self) -> Option<lapin::Result<Delivery>> {
+        match &mut self.notices {
+            Some(s) => s.next().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    pub(super) fn heard(&mut self, notice: &Delivery) {
+        if let Ok(hb) = serde_json::from_slice::<Heartbeat>(&notice.data) {
+            let now = Instant::now();
+            self.rebalance_due |= if hb.leaving {
+                self.members.left(&hb.instance)
+            } else {
+                self.members.heard(&hb.instance, now)
+            };
+        }
+    }
+
+    /// Says this replica is alive (or leaving), and forgets silent ones.
+    pub(super) async fn beat(&mut self, setup: &Channel, leaving: bool) {
+        send_heartbeat(setup, &self.exchange, &self.me, leaving).await;
+        self.rebalance_due |= self.members.expire(Instant::now());
+    }
+
+    pub(super) async fn say_leaving(&self, setup: &Channel) {
+        send_heartbeat(setup, &self.exchange, &self.me, true).await;
+    }
+
+    /// The queues (of `queues`) this replica should consume, when that may
+    /// have changed and the first heartbeats had time to arrive.
+    pub(super) fn due(&mut self, queues: usize) -> Option<Vec<usize>> {
+        if !self.rebalance_due || Instant::now() < self.claim_after {
+            return None;
+        }
+        self.rebalance_due = false;
+        Some(if self.partitioned() {
+            self.members
+                .mine(queues as u16)
+                .into_iter()
+                .map(usize::from)
+                .collect()
+        } else {
+            vec![0]
+        })
     }
 }
 

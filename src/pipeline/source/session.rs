@@ -1,0 +1,462 @@
+//! One broker connection's life: topology, subscriptions, deliveries,
+//! partitions, webhook relay, health and shutdown, each its own step.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use futures_util::{FutureExt, StreamExt};
+use lapin::{
+    Channel, Connection,
+    options::{
+        BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions,
+        QueueDeclareOptions,
+    },
+    types::{AMQPValue, FieldTable, ShortString},
+};
+use tokio_stream::StreamMap;
+
+use super::{
+    Source, SourceConfig,
+    intake::{process, take},
+    partitions::{HEARTBEAT, Membership},
+    per_queue_prefetch, relay,
+};
+use crate::{
+    amqp::{self, AckTracker, AmqpError, InboundMessage, PropertiesInterner, Publisher},
+    shutdown::Phase,
+};
+
+pub(super) enum SessionEnd {
+    Lost,
+    Closed,
+}
+
+/// Runs one connection until it is lost or the shutdown closes it.
+pub(super) async fn session(src: &Source) -> Result<SessionEnd, AmqpError> {
+    let mut session = Session::open(src).await?;
+    let end = session.run().await;
+    if matches!(end, Ok(SessionEnd::Lost)) {
+        close_quietly(&session.conn).await;
+    }
+    end
+}
+
+/// One connection and everything opened on it.
+struct Session<'a> {
+    src: &'a Source,
+    conn: Connection,
+    /// Declares the topology, then carries heartbeats.
+    setup: Channel,
+    publisher: Publisher,
+    queues: Vec<String>,
+    subscriptions: Subscriptions,
+    membership: Membership,
+    relay: lapin::Consumer,
+    consuming: bool,
+    /// Deliveries taken off lapin's hands, not yet validated.
+    taken: VecDeque<InboundMessage>,
+    properties: PropertiesInterner,
+    received_total: metrics::Counter,
+}
+
+/// What a step of the session leads to.
+enum Step {
+    Go,
+    End(SessionEnd),
+}
+
+impl<'a> Session<'a> {
+    async fn open(src: &'a Source) -> Result<Session<'a>, AmqpError> {
+        let cfg = &src.cfg;
+        let conn = amqp::connect(&cfg.amqp, &cfg.connection_name).await?;
+        let setup = conn
+            .create_channel()
+            .await
+            .map_err(|source| AmqpError::Channel {
+                op: "opening the setup channel",
+                source,
+            })?;
+        let queues = amqp::declare_topology(&setup, &cfg.amqp).await?;
+        let publisher = Publisher::open(&conn).await?;
+        src.publisher.send_replace(Some(publisher.clone()));
+        let partitioned = queues.len() > 1;
+        let membership =
+            Membership::join(&setup, &cfg.amqp, &cfg.connection_name, partitioned).await?;
+        let relay = relay::subscribe(&setup, &cfg.amqp).await?;
+        let consuming = !src.shutdown.has_entered(Phase::StopConsuming);
+        src.ready.store(true, Ordering::SeqCst);
+        metrics::gauge!("csw_broker_connected").set(1.0);
+        tracing::info!(
+            queues = queues.len(),
+            prefetch = cfg.prefetch,
+            "connected to the broker"
+        );
+        Ok(Session {
+            src,
+            conn,
+            setup,
+            publisher,
+            queues,
+            subscriptions: Subscriptions::default(),
+            membership,
+            relay,
+            consuming,
+            taken: VecDeque::new(),
+            properties: PropertiesInterner::default(),
+            received_total: metrics::counter!("csw_changes_received_total"),
+        })
+    }
+
+    async fn run(&mut self) -> Result<SessionEnd, AmqpError> {
+        let src = self.src;
+        let shutdown = &src.shutdown;
+        let mut health = tokio::time::interval(Duration::from_millis(250));
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        loop {
+            let step = tokio::select! {
+                delivery = self.subscriptions.streams.next(), if !self.subscriptions.streams.is_empty() => match delivery {
+                    Some(first) => self.take_deliveries(first).await,
+                    None => Step::Go,
+                },
+                notice = self.membership.next_notice(), if self.membership.partitioned() => match notice {
+                    Some(Ok(d)) => {
+                        self.membership.heard(&d);
+                        Step::Go
+                    }
+                    _ => Step::End(SessionEnd::Lost),
+                },
+                relayed = self.relay.next() => match relayed {
+                    Some(Ok(d)) => {
+                        relay::pass_on(&d, &self.src.cfg.jobs);
+                        Step::Go
+                    }
+                    _ => Step::End(SessionEnd::Lost),
+                },
+                _ = heartbeat.tick(), if self.membership.partitioned() => {
+                    self.membership.beat(&self.setup, !self.consuming).await;
+                    Step::Go
+                }
+                _ = shutdown.entered(Phase::StopConsuming), if self.consuming => {
+                    self.stop_consuming().await;
+                    Step::Go
+                }
+                _ = shutdown.entered(Phase::CloseConnection) => self.close().await,
+                _ = health.tick() => self.check_health().await,
+            };
+            if let Step::End(end) = step {
+                return Ok(end);
+            }
+            if !self.consuming {
+                shutdown.report_consuming_stopped();
+                continue;
+            }
+            if let Some(mine) = self.membership.due(self.queues.len()) {
+                self.subscriptions
+                    .claim(&self.conn, &self.src.cfg, &self.queues, &mine)
+                    .await?;
+            }
+        }
+    }
+
+    /// Takes everything lapin has buffered (cheap), then validates and
+    /// batches a slice, and takes again: while the broker bursts a whole
+    /// window, deliveries wait here in compact form rather than in lapin's
+    /// queue of larger entries, which keeps its largest size for good.
+    async fn take_deliveries(
+        &mut self,
+        first: (usize, lapin::Result<lapin::message::Delivery>),
+    ) -> Step {
+        let mut next = Some(first);
+        loop {
+            while let Some((i, result)) = next.take() {
+                match result {
+                    Ok(d) => {
+                        if let Some(sub) = self.subscriptions.active.get(&i) {
+                            if d.delivery_tag % TIMELINE_EVERY == 0 {
+                                tracing::debug!(target: "csw::timeline", tag = d.delivery_tag, "delivery received");
+                            }
+                            self.taken.push_back(take(
+                                d,
+                                &sub.tracker,
+                                &mut self.properties,
+                                &self.received_total,
+                            ));
+                        }
+                    }
+                    Err(e) => {
+                        // The rest stays unacked; the broker redelivers it.
+                        self.taken.clear();
+                        tracing::warn!(error = %e, queue = %self.queues[i], "consumer error");
+                        return Step::End(SessionEnd::Lost);
+                    }
+                }
+                next = self.subscriptions.streams.next().now_or_never().flatten();
+            }
+            self.process_slice();
+            if self.taken.is_empty() {
+                return Step::Go;
+            }
+            // Let imports and the scheduler task on this thread run.
+            tokio::task::yield_now().await;
+            next = self.subscriptions.streams.next().now_or_never().flatten();
+        }
+    }
+
+    /// Validates and batches up to [`PROCESS_SLICE`] taken deliveries.
+    fn process_slice(&mut self) {
+        let n = self.taken.len().min(PROCESS_SLICE);
+        for msg in self.taken.drain(..n) {
+            process(self.src, msg);
+        }
+        // A burst grows the queue to much of the window; as it drains into
+        // batches, give its room back, or it stays beside the batches the
+        // burst fills (halving at a quarter full keeps the copying linear).
+        if self.taken.capacity() > 4 * PROCESS_SLICE && self.taken.len() < self.taken.capacity() / 4
+        {
+            self.taken.shrink_to(self.taken.len() * 2);
+        }
+    }
+
+    async fn stop_consuming(&mut self) {
+        self.consuming = false;
+        self.subscriptions.cancel_all().await;
+        if self.membership.partitioned() {
+            self.membership.say_leaving(&self.setup).await;
+        }
+        // Deliveries still buffered stay unacked; the broker requeues
+        // them when the connection closes.
+        self.src.shutdown.report_consuming_stopped();
+        tracing::info!("stopped consuming; draining open batches");
+    }
+
+    async fn close(&mut self) -> Step {
+        // Settled deliveries whose acks are still held back go out now.
+        for sub in self.subscriptions.all() {
+            let _ = sub.tracker.flush().await;
+        }
+        self.src.ready.store(false, Ordering::SeqCst);
+        self.src.publisher.send_replace(None);
+        close_quietly(&self.conn).await;
+        Step::End(SessionEnd::Closed)
+    }
+
+    async fn check_health(&mut self) -> Step {
+        if !self.conn.status().connected()
+            || !self.publisher.is_open()
+            || self
+                .subscriptions
+                .all()
+                .any(|s| !s.channel.status().connected())
+        {
+            return Step::End(SessionEnd::Lost);
+        }
+        self.subscriptions.close_released(&self.queues).await;
+        Step::Go
+    }
+}
+
+/// The queues this connection consumes, each on its own channel.
+#[derive(Default)]
+struct Subscriptions {
+    streams: StreamMap<usize, lapin::Consumer>,
+    active: HashMap<usize, Subscription>,
+    /// Partitions handed over, consumed no more, their channel open until
+    /// everything taken from them is settled.
+    releasing: HashMap<usize, Subscription>,
+}
+
+impl Subscriptions {
+    fn all(&self) -> impl Iterator<Item = &Subscription> {
+        self.active.values().chain(self.releasing.values())
+    }
+
+    async fn cancel_all(&mut self) {
+        for sub in self.active.values() {
+            let _ = sub
+                .channel
+                .basic_cancel(sub.consumer.tag(), BasicCancelOptions::default())
+                .await;
+        }
+        self.streams = StreamMap::new();
+    }
+
+    /// A released partition's channel closes once all it took is settled.
+    async fn close_released(&mut self, queues: &[String]) {
+        let done: Vec<usize> = self
+            .releasing
+            .iter()
+            .filter(|(_, sub)| sub.tracker.outstanding() == 0)
+            .map(|(i, _)| *i)
+            .collect();
+        for i in done {
+            if let Some(sub) = self.releasing.remove(&i) {
+                let _ = sub.channel.close(200, "partition handed over".into()).await;
+                tracing::info!(queue = %queues[i], "released partition");
+            }
+        }
+    }
+
+    /// Consumes the queues in `mine` and releases the others.
+    async fn claim(
+        &mut self,
+        conn: &Connection,
+        cfg: &SourceConfig,
+        queues: &[String],
+        mine: &[usize],
+    ) -> Result<(), AmqpError> {
+        let partitioned = queues.len() > 1;
+        for (i, queue) in queues.iter().enumerate() {
+            let want = mine.contains(&i);
+            if want && !self.active.contains_key(&i) {
+                let sub = match self.releasing.remove(&i) {
+                    Some(sub) => sub,
+                    None => subscribe(conn, cfg, queue).await?,
+                };
+                self.streams.insert(i, sub.consumer.clone());
+                self.active.insert(i, sub);
+                if partitioned {
+                    tracing::info!(%queue, "claimed partition");
+                }
+            } else if !want && let Some(sub) = self.active.remove(&i) {
+                // Stop taking deliveries now; close the channel once settled.
+                self.streams.remove(&i);
+                let _ = sub
+                    .channel
+                    .basic_cancel(sub.consumer.tag(), BasicCancelOptions::default())
+                    .await;
+                self.releasing.insert(i, sub);
+            }
+        }
+        metrics::gauge!("csw_partitions_owned").set(self.active.len() as f64);
+        Ok(())
+    }
+}
+
+/// One consumed queue (the inbound queue, or one partition) on its own channel.
+struct Subscription {
+    channel: Channel,
+    consumer: lapin::Consumer,
+    tracker: Arc<AckTracker>,
+}
+
+async fn subscribe(
+    conn: &Connection,
+    cfg: &SourceConfig,
+    queue: &str,
+) -> Result<Subscription, AmqpError> {
+    let channel = conn
+        .create_channel()
+        .await
+        .map_err(|source| AmqpError::Channel {
+            op: "opening a consumer channel",
+            source,
+        })?;
+    // Prefetch is the only backpressure (lapin buffers without bound), and it
+    // must be applied again on every new channel. It counts per consumer, so
+    // with partitions it is split evenly: the total never exceeds amqp.prefetch.
+    let per_queue = per_queue_prefetch(cfg.prefetch, cfg.amqp.partitions);
+    channel
+        .basic_qos(per_queue, BasicQosOptions::default())
+        .await
+        .map_err(|source| AmqpError::Channel {
+            op: "basic.qos",
+            source,
+        })?;
+    let consumer = channel
+        .basic_consume(
+            ShortString::from(queue),
+            ShortString::from(format!("{}/{queue}", cfg.connection_name)),
+            BasicConsumeOptions::default(),
+            consume_args(),
+        )
+        .await
+        .map_err(|source| AmqpError::Channel {
+            op: "basic.consume",
+            source,
+        })?;
+    let tracker = Arc::new(AckTracker::new(
+        channel.clone(),
+        per_queue,
+        cfg.amqp.ack_chunk,
+        cfg.batch_max_wait,
+    ));
+    Ok(Subscription {
+        channel,
+        consumer,
+        tracker,
+    })
+}
+
+/// A private, auto-deleted queue bound to a fanout exchange, consumed without acks.
+pub(super) async fn fanout_stream(
+    ch: &Channel,
+    exchange: &str,
+) -> Result<lapin::Consumer, AmqpError> {
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|source| AmqpError::Channel {
+            op: "declaring the membership queue",
+            source,
+        })?;
+    ch.queue_bind(
+        q.name().clone(),
+        exchange.into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .map_err(|source| AmqpError::Channel {
+        op: "binding a private fanout queue",
+        source,
+    })?;
+    ch.basic_consume(
+        q.name().clone(),
+        "".into(),
+        BasicConsumeOptions {
+            no_ack: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .map_err(|source| AmqpError::Channel {
+        op: "consuming a private fanout queue",
+        source,
+    })
+}
+
+/// Every this many delivery tags, a `csw::timeline` debug event: with the
+/// multiple acks (same target) and the imports' info lines it shows how
+/// deliveries, imports and settlements of a drain line up
+/// (`RUST_LOG=info,csw::timeline=debug`; see docs/benchmarks.md).
+const TIMELINE_EVERY: u64 = 2500;
+
+/// How many taken deliveries are validated and batched before lapin's
+/// buffer is drained again.
+const PROCESS_SLICE: usize = 256;
+
+fn consume_args() -> FieldTable {
+    let mut args = FieldTable::default();
+    // Consumer priorities let single-active-consumer partitions prefer live replicas.
+    args.insert("x-priority".into(), AMQPValue::LongInt(0));
+    args
+}
+
+async fn close_quietly(conn: &Connection) {
+    if conn.status().connected() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn.close(200, "bye".into())).await;
+    }
+}
