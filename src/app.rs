@@ -2,7 +2,7 @@
 //! ([`crate::shutdown`]): stop consuming → close every open batch → let
 //! in-flight imports finish and settle within `shutdown.timeout_s` →
 //! whatever is unfinished stays unacked → close the connection (the broker
-//! requeues the unacked) → exit 0 (CONTRACT section 4).
+//! requeues the unacked) → exit 0 (docs/contract.md §9.4).
 
 use std::{
     net::SocketAddr,

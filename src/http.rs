@@ -1,5 +1,6 @@
 //! Health, readiness, metrics and the CXone webhook, on `http.listen`.
 
+use crate::telemetry::metrics as metric;
 use std::{
     sync::{
         Arc,
@@ -97,7 +98,7 @@ async fn webhook(
         .get(webhook::SIGNATURE_HEADER)
         .and_then(|v| v.to_str().ok());
     if !webhook::verify(secret.expose_secret().as_bytes(), &body, signature) {
-        metrics::counter!("csw_webhooks_total", "result" => "bad_signature").increment(1);
+        metrics::counter!(metric::WEBHOOKS_TOTAL, "result" => "bad_signature").increment(1);
         return error(
             StatusCode::UNAUTHORIZED,
             "missing or invalid X-CXone-Signature (expected sha256=<hex HMAC-SHA256 of the body>)",
@@ -116,7 +117,7 @@ async fn webhook(
         );
     }
     if s.jobs.notify(&notice.job_id, notice.status) {
-        metrics::counter!("csw_webhooks_total", "result" => "matched").increment(1);
+        metrics::counter!(metric::WEBHOOKS_TOTAL, "result" => "matched").increment(1);
         return (
             StatusCode::OK,
             Json(json!({"accepted": true, "used": true})),
@@ -132,7 +133,7 @@ async fn webhook(
     .await
     .is_ok_and(|r| r.is_ok());
     let result = if relayed { "relayed_out" } else { "unmatched" };
-    metrics::counter!("csw_webhooks_total", "result" => result).increment(1);
+    metrics::counter!(metric::WEBHOOKS_TOTAL, "result" => result).increment(1);
     (
         StatusCode::ACCEPTED,
         Json(json!({"accepted": true, "used": false, "relayed": relayed})),

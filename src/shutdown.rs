@@ -1,6 +1,6 @@
 //! Shutdown: what starts it and the phases it runs through.
 //!
-//! In order (CONTRACT section 4): stop consuming → close every open batch
+//! In order (docs/contract.md §9.4): stop consuming → close every open batch
 //! and let in-flight imports finish and settle within `shutdown.timeout_s`
 //! → past that, abandon what is unfinished (it stays unacked) → close the
 //! broker connection (the broker requeues the unacked) → stop the HTTP

@@ -2,6 +2,7 @@
 //! number of pre-filled changes, its peak RSS and CPU, CXone requests per
 //! change, then publish → `completed` latency at a steady rate.
 
+use cxone_schedule_worker::telemetry::metrics as metric;
 use std::{path::Path, time::Duration};
 
 use cxone_schedule_worker::{
@@ -217,8 +218,10 @@ async fn drain(
         imports: tally.imports,
         failures: tally.failed + tally.rejected,
         rss_kb,
-        acks: worker.counters("csw_acks_sent_total", "kind").await,
-        pace: worker.counters("csw_ack_pace_changes_total", "to").await,
-        closed: worker.counters("csw_batches_closed_total", "trigger").await,
+        acks: worker.counters(metric::ACKS_SENT_TOTAL, "kind").await,
+        pace: worker.counters(metric::ACK_PACE_CHANGES_TOTAL, "to").await,
+        closed: worker
+            .counters(metric::BATCHES_CLOSED_TOTAL, "trigger")
+            .await,
     })
 }

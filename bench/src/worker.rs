@@ -2,6 +2,7 @@
 //! beside this one, run as a child process on the run's topology, with the
 //! readings taken from it (readiness, metrics, peak RSS, exit).
 
+use cxone_schedule_worker::telemetry::metrics as metric;
 use std::{
     path::{Path, PathBuf},
     process::Stdio,
@@ -235,7 +236,10 @@ pub async fn first_received(port: u16, within: Duration) -> Option<Instant> {
         let text = client.get(&url).send().await.ok()?.text().await.ok()?;
         let received = text
             .lines()
-            .find_map(|l| l.strip_prefix("csw_changes_received_total "))
+            .find_map(|l| {
+                l.strip_prefix(metric::CHANGES_RECEIVED_TOTAL)?
+                    .strip_prefix(' ')
+            })
             .and_then(|v| v.trim().parse::<f64>().ok())
             .unwrap_or(0.0);
         if received > 0.0 {

@@ -3,7 +3,7 @@
 //! The worker never uses lapin's automatic recovery: after a connection loss
 //! it builds a new connection and new channels, so an ack can never reach the
 //! broker for a delivery of the dead channel (lapin poisons those ackers) and
-//! the broker redelivers them, as CONTRACT section 4 requires.
+//! the broker redelivers them, as docs/contract.md §9.3 requires.
 //!
 //! - `connection`: [`connect`] (TLS included) and the [`reconnect_delay`] backoff.
 //! - `topology`: [`declare_topology`] and the names of the derived exchanges

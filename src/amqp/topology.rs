@@ -1,4 +1,4 @@
-//! Idempotent declaration of CONTRACT section 2's topology.
+//! Idempotent declaration of the topology of docs/contract.md §2.
 
 use lapin::{
     Channel, ExchangeKind,

@@ -1,4 +1,4 @@
-//! The CloudEvents 1.0 (structured mode) the worker publishes (CONTRACT section 5).
+//! The CloudEvents 1.0 (structured mode) the worker publishes (docs/contract.md §7).
 
 use serde::Serialize;
 use serde_json::Value;

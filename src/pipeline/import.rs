@@ -3,6 +3,7 @@
 //! the outcome (events, dead letters, acks), records the acks in the
 //! barrier and frees the calendar in the scheduler.
 
+use crate::telemetry::metrics as metric;
 use std::{sync::Arc, time::Duration};
 
 use sha2::{Digest, Sha256};
@@ -220,7 +221,7 @@ async fn import(
         tracing::warn!(
             "the broker channel of this batch's deliveries closed before its import; left for the broker to redeliver"
         );
-        metrics::counter!("csw_imports_total", "outcome" => "abandoned").increment(1);
+        metrics::counter!(metric::IMPORTS_TOTAL, "outcome" => "abandoned").increment(1);
         return false;
     }
     let mut progress = Progress::default();
@@ -260,7 +261,7 @@ async fn submit(
         Err(message) => Err(message),
     };
     progress.request_ms = ms(request_started.elapsed());
-    metrics::histogram!("csw_stage_duration_seconds", "stage" => "request")
+    metrics::histogram!(metric::STAGE_DURATION_SECONDS, "stage" => "request")
         .record(request_started.elapsed().as_secs_f64());
     match submitted {
         Ok(Ok(sub)) => Ok(sub),
@@ -313,7 +314,7 @@ async fn follow_job(
     let poll_started = Instant::now();
     let end = follow(&ctx.client, &ctx.jobs, &sub.job_id, &ctx.poll, facts.tp()).await;
     progress.polling_ms = ms(poll_started.elapsed());
-    metrics::histogram!("csw_stage_duration_seconds", "stage" => "polling")
+    metrics::histogram!(metric::STAGE_DURATION_SECONDS, "stage" => "polling")
         .record(poll_started.elapsed().as_secs_f64());
     job_outcome(end, sub.job_id, &ctx.poll)
 }
@@ -364,9 +365,9 @@ async fn settle_outcome(
     progress: Progress,
 ) -> Result<AckBarrier, Abandoned> {
     let total = facts.started.elapsed();
-    metrics::histogram!("csw_stage_duration_seconds", "stage" => "total")
+    metrics::histogram!(metric::STAGE_DURATION_SECONDS, "stage" => "total")
         .record(total.as_secs_f64());
-    metrics::histogram!("csw_stage_duration_seconds", "stage" => "validation")
+    metrics::histogram!(metric::STAGE_DURATION_SECONDS, "stage" => "validation")
         .record(facts.validation.as_secs_f64());
     let timings = Timings {
         validation_ms: ms(facts.validation),
@@ -473,11 +474,11 @@ fn report(
         (Outcome::Completed { .. }, _) => "completed",
         (Outcome::Failed { .. }, _) => "failed",
     };
-    metrics::counter!("csw_imports_total", "outcome" => label).increment(1);
+    metrics::counter!(metric::IMPORTS_TOTAL, "outcome" => label).increment(1);
     match (outcome, settled) {
         (_, Err(e)) => tracing::warn!(error = %e, "batch left unacked"),
         (Outcome::Completed { .. }, Ok(_)) => {
-            metrics::counter!("csw_changes_imported_total").increment(changes as u64);
+            metrics::counter!(metric::CHANGES_IMPORTED_TOTAL).increment(changes as u64);
             tracing::info!(total_ms = timings.total_ms, "import completed");
         }
         (Outcome::Failed { error, .. }, Ok(_)) => {

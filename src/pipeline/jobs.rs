@@ -1,6 +1,7 @@
 //! Job tracker: following an import job to its end, by polling or by webhook,
 //! whichever comes first.
 
+use crate::telemetry::metrics as metric;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -142,7 +143,7 @@ pub async fn follow(
         }
     };
     registry.forget(job_id);
-    metrics::histogram!("csw_job_polls").record(polls as f64);
+    metrics::histogram!(metric::JOB_POLLS).record(polls as f64);
     end
 }
 

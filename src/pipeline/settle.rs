@@ -1,6 +1,7 @@
 //! Settlement: the outcome's event, then any dead-letter copies, each
-//! confirmed by the broker, and only then the acks (CONTRACT section 4).
+//! confirmed by the broker, and only then the acks (docs/contract.md §9.1; dead letters §8).
 
+use crate::telemetry::metrics as metric;
 use std::time::Duration;
 
 use futures_util::future::try_join_all;
@@ -84,7 +85,7 @@ impl Outbound {
             event_properties(traceparent),
         )
         .await?;
-        metrics::counter!("csw_events_published_total", "type" => routing_key.to_owned())
+        metrics::counter!(metric::EVENTS_PUBLISHED_TOTAL, "type" => routing_key.to_owned())
             .increment(1);
         Ok(())
     }
@@ -137,7 +138,7 @@ impl Outbound {
             self.publish(&self.dead_letter_exchange, m.routing_key(), m.body(), props)
         }))
         .await?;
-        metrics::counter!("csw_dead_lettered_total", "code" => code.to_owned())
+        metrics::counter!(metric::DEAD_LETTERED_TOTAL, "code" => code.to_owned())
             .increment(messages.len() as u64);
         Ok(())
     }
@@ -216,7 +217,7 @@ impl SentEvent {
                 )
                 .await?;
         }
-        metrics::counter!("csw_events_published_total", "type" => self.routing_key).increment(1);
+        metrics::counter!(metric::EVENTS_PUBLISHED_TOTAL, "type" => self.routing_key).increment(1);
         Ok(())
     }
 }

@@ -560,7 +560,7 @@ fn corpus() -> Vec<Hostile> {
 }
 
 /// The id a change's events carry: the body's changeId, the message id, or
-/// `sha256-<hex>` of the body (CONTRACT section 3).
+/// `sha256-<hex>` of the body (docs/contract.md §4).
 fn expected_change_id(h: &Hostile) -> String {
     use sha2::Digest;
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&h.body)

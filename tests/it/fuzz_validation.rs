@@ -1,4 +1,4 @@
-//! Property tests over the change parser and validator (CONTRACT section 3):
+//! Property tests over the change parser and validator (docs/contract.md §4):
 //!
 //! - arbitrary bytes and properties never panic, and a rejection always
 //!   explains itself;

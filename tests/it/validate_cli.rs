@@ -1,4 +1,4 @@
-//! `validate FILE...` through the real binary (CONTRACT section 7).
+//! `validate FILE...` through the real binary (docs/contract.md §12).
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

@@ -7,6 +7,7 @@
 //! (`sent_front`), and covered by acks the broker is known to have
 //! processed (`confirmed_front`, [`AckTracker::confirm_through`]).
 
+use crate::telemetry::metrics as metric;
 use std::{
     sync::{
         Arc,
@@ -319,7 +320,7 @@ impl AckTracker {
             return Err(AmqpError::Disconnected);
         }
         if !d.multiples.is_empty() {
-            metrics::counter!("csw_acks_sent_total", "kind" => "multiple")
+            metrics::counter!(metric::ACKS_SENT_TOTAL, "kind" => "multiple")
                 .increment(d.multiples.len() as u64);
         }
         for tag in d.multiples {
@@ -327,7 +328,7 @@ impl AckTracker {
             self.ack(tag, true).await?;
         }
         if !d.singles.is_empty() {
-            metrics::counter!("csw_acks_sent_total", "kind" => "single")
+            metrics::counter!(metric::ACKS_SENT_TOTAL, "kind" => "single")
                 .increment(d.singles.len() as u64);
         }
         for tag in d.singles {
@@ -386,7 +387,7 @@ fn note_probe(p: &Probed) {
         );
     }
     let to = if p.whole { "whole" } else { "chunked" };
-    metrics::counter!("csw_ack_pace_changes_total", "to" => to).increment(1);
+    metrics::counter!(metric::ACK_PACE_CHANGES_TOTAL, "to" => to).increment(1);
 }
 
 /// Ticks while stragglers remain; a later settle starts it again.

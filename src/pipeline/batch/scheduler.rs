@@ -1,4 +1,4 @@
-//! The per-calendar batcher and import scheduler (CONTRACT section 4).
+//! The per-calendar batcher and import scheduler (docs/contract.md §5).
 //!
 //! All batching state is one [`Scheduler`] behind a short lock: the source
 //! adds each valid change on its own task ([`Batcher`]), with no queue of
@@ -9,6 +9,7 @@
 //! `imports.max_concurrent` imports are in flight. A closed batch goes to
 //! the import stage ([`ImportStage`]) when its calendar and a slot are free.
 
+use crate::telemetry::metrics as metric;
 use std::{
     collections::{HashMap, VecDeque},
     sync::Arc,
@@ -192,10 +193,10 @@ impl Scheduler {
             held: 0,
             next_seq: 0,
             draining: false,
-            accepted_total: metrics::counter!("csw_changes_accepted_total"),
+            accepted_total: metrics::counter!(metric::CHANGES_ACCEPTED_TOTAL),
             closed: Trigger::ALL
-                .map(|t| metrics::counter!("csw_batches_closed_total", "trigger" => t.as_str())),
-            late_joins: metrics::counter!("csw_changes_joined_waiting_total"),
+                .map(|t| metrics::counter!(metric::BATCHES_CLOSED_TOTAL, "trigger" => t.as_str())),
+            late_joins: metrics::counter!(metric::CHANGES_JOINED_WAITING_TOTAL),
             locator: EntryLocator::default(),
         }
     }
@@ -287,7 +288,7 @@ impl Scheduler {
             }
         }
         self.in_flight -= 1;
-        metrics::gauge!("csw_imports_in_flight").set(self.in_flight as f64);
+        metrics::gauge!(metric::IMPORTS_IN_FLIGHT).set(self.in_flight as f64);
         if let Some(cal) = self.calendars.get_mut(&calendar_id) {
             cal.in_flight = false;
             if !cal.closed.is_empty() {
@@ -302,7 +303,7 @@ impl Scheduler {
         self.accepted_total.increment(1);
         let key = self.ids.key(&accepted.change.change_id);
         if accepted.msg.redelivered && self.settled_ids.contains(key) {
-            metrics::counter!("csw_changes_redelivered_settled_total").increment(1);
+            metrics::counter!(metric::CHANGES_REDELIVERED_SETTLED_TOTAL).increment(1);
             tracing::info!(change_id = %accepted.change.change_id, "redelivered change already imported and settled; acking it without importing again");
             self.barriers
                 .ack_settled_copy(&accepted.change.calendar_id, accepted.msg);
@@ -329,7 +330,7 @@ impl Scheduler {
         match owner.attach(msg) {
             None => {
                 self.held += 1;
-                metrics::counter!("csw_changes_duplicate_total").increment(1);
+                metrics::counter!(metric::CHANGES_DUPLICATE_TOTAL).increment(1);
                 tracing::debug!(change_id = %change.change_id, "repeated changeId attached to its first delivery's batch");
                 None
             }
@@ -469,11 +470,11 @@ impl Scheduler {
             };
             cal.in_flight = true;
             self.in_flight += 1;
-            metrics::gauge!("csw_imports_in_flight").set(self.in_flight as f64);
-            metrics::histogram!("csw_batch_entries").record(batch.entry_count as f64);
+            metrics::gauge!(metric::IMPORTS_IN_FLIGHT).set(self.in_flight as f64);
+            metrics::histogram!(metric::BATCH_ENTRIES).record(batch.entry_count as f64);
             self.imports.start(batch);
         }
-        metrics::gauge!("csw_imports_in_flight").set(self.in_flight as f64);
+        metrics::gauge!(metric::IMPORTS_IN_FLIGHT).set(self.in_flight as f64);
     }
 }
 

@@ -1,5 +1,6 @@
 //! Takes deliveries off lapin's hands, validates them and hands them on.
 
+use crate::telemetry::metrics as metric;
 use std::sync::Arc;
 
 use tokio::time::Instant;
@@ -95,7 +96,7 @@ async fn settle_rejection(
     msg: InboundMessage,
 ) {
     let code = rejection.primary_code();
-    metrics::counter!("csw_changes_rejected_total", "code" => code.as_str()).increment(1);
+    metrics::counter!(metric::CHANGES_REJECTED_TOTAL, "code" => code.as_str()).increment(1);
     tracing::info!(change_id = %rejection.change_id, %code, "change rejected: {}", rejection.summary());
     let traceparent = crate::telemetry::outgoing_traceparent(msg.traceparent());
     let tp = traceparent.as_deref();

@@ -12,6 +12,7 @@ pub mod partitions;
 mod relay;
 mod session;
 
+use crate::telemetry::metrics as metric;
 use std::{
     sync::{
         Arc,
@@ -93,9 +94,9 @@ impl Source {
                 Err(e) => tracing::warn!(error = %e, "broker unavailable; retrying"),
             }
             self.ready.store(false, Ordering::SeqCst);
-            metrics::gauge!("csw_broker_connected").set(0.0);
+            metrics::gauge!(metric::BROKER_CONNECTED).set(0.0);
             self.publisher.send_replace(None);
-            metrics::counter!("csw_broker_reconnects_total").increment(1);
+            metrics::counter!(metric::BROKER_RECONNECTS_TOTAL).increment(1);
             if started.elapsed() > Duration::from_secs(30) {
                 attempt = 0;
             }

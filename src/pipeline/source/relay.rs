@@ -1,5 +1,6 @@
 //! Webhook notices that reached another replica for a job this one follows.
 
+use crate::telemetry::metrics as metric;
 use lapin::{Channel, message::Delivery};
 
 use super::session::fanout_stream;
@@ -23,6 +24,6 @@ pub(super) fn pass_on(notice: &Delivery, jobs: &JobRegistry) {
     if let Ok(notice) = serde_json::from_slice::<WebhookEvent>(&notice.data)
         && jobs.notify(&notice.job_id, notice.status)
     {
-        metrics::counter!("csw_webhooks_total", "result" => "relayed_in").increment(1);
+        metrics::counter!(metric::WEBHOOKS_TOTAL, "result" => "relayed_in").increment(1);
     }
 }

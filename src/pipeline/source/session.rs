@@ -1,6 +1,7 @@
 //! One broker connection's life: topology, subscriptions, deliveries,
 //! partitions, webhook relay, health and shutdown, each its own step.
 
+use crate::telemetry::metrics as metric;
 use std::{
     collections::{HashMap, VecDeque},
     sync::{Arc, atomic::Ordering},
@@ -88,7 +89,7 @@ impl<'a> Session<'a> {
         let relay = relay::subscribe(&setup, &cfg.amqp).await?;
         let consuming = !src.shutdown.has_entered(Phase::StopConsuming);
         src.ready.store(true, Ordering::SeqCst);
-        metrics::gauge!("csw_broker_connected").set(1.0);
+        metrics::gauge!(metric::BROKER_CONNECTED).set(1.0);
         tracing::info!(
             queues = queues.len(),
             prefetch = cfg.prefetch,
@@ -106,7 +107,7 @@ impl<'a> Session<'a> {
             consuming,
             taken: VecDeque::new(),
             properties: PropertiesInterner::default(),
-            received_total: metrics::counter!("csw_changes_received_total"),
+            received_total: metrics::counter!(metric::CHANGES_RECEIVED_TOTAL),
         })
     }
 
@@ -330,7 +331,7 @@ impl Subscriptions {
                 self.releasing.insert(i, sub);
             }
         }
-        metrics::gauge!("csw_partitions_owned").set(self.active.len() as f64);
+        metrics::gauge!(metric::PARTITIONS_OWNED).set(self.active.len() as f64);
         Ok(())
     }
 }

@@ -6,7 +6,7 @@ fn instant(v: &Json) -> Option<DateTime<FixedOffset>> {
     DateTime::parse_from_rfc3339(v.as_str()?).ok()
 }
 
-/// CONTRACT section 3, enough of it to say whether a sample change is valid.
+/// docs/contract.md §4, enough of it to say whether a sample change is valid.
 fn contract_errors(c: &Json) -> Vec<String> {
     let mut errs = Vec::new();
     if c.get("schemaVersion").is_some_and(|v| v != 1) {
@@ -167,13 +167,13 @@ fn sample_roster_is_a_week_of_valid_changes_plus_a_few_invalid_ones() {
             invalid += 1;
             assert!(
                 !errs.is_empty(),
-                "{f}: line {n}: {id} is meant to be rejected but breaks no rule of CONTRACT section 3"
+                "{f}: line {n}: {id} is meant to be rejected but breaks no rule of docs/contract.md §4"
             );
         } else {
             valid += 1;
             assert!(
                 errs.is_empty(),
-                "{f}: line {n}: {id} breaks CONTRACT section 3: {errs:?}"
+                "{f}: line {n}: {id} breaks docs/contract.md §4: {errs:?}"
             );
             let meta = MessageMeta {
                 content_type: Some("application/json"),
