@@ -9,18 +9,17 @@
 //! - `topology`: [`declare_topology`] and the names of the derived exchanges
 //!   and queues.
 //! - `publisher`: the confirmed [`Publisher`] and its pending [`Confirm`].
-//! - `ack`: [`AckTracker`], which coalesces one channel's acks; its module
-//!   docs define front, straggler, round, window, chunk and pace.
+//! - `ack`: [`AckTracker`], which coalesces one channel's acks, and
+//!   [`AckBarriers`], each calendar's previous batch's acks, which its next
+//!   import waits for; its module docs define front, straggler, round,
+//!   window, chunk and pace.
 //! - `delivery`: [`InboundMessage`], a delivery as the worker keeps it.
-//! - `barrier`: [`AckBarriers`], each calendar's previous batch's acks, which
-//!   its next import waits for.
 //! - `headers`: [`header_str`]; `error`: [`AmqpError`].
 //!
 //! Everything the rest of the crate uses is re-exported here, so its paths
 //! are `crate::amqp::X` whatever file `X` lives in.
 
 mod ack;
-pub mod barrier;
 mod connection;
 pub mod delivery;
 mod error;
@@ -28,8 +27,7 @@ mod headers;
 mod publisher;
 mod topology;
 
-pub use ack::{AckTracker, MULTIPLE_ACK_CHUNK, STRAGGLER_DELAY};
-pub use barrier::{AckBarrier, AckBarriers, ack_all};
+pub use ack::{AckBarrier, AckBarriers, AckTracker, MULTIPLE_ACK_CHUNK, STRAGGLER_DELAY, ack_all};
 pub use connection::{connect, reconnect_delay};
 pub use delivery::{InboundMessage, PropertiesInterner};
 pub use error::AmqpError;

@@ -11,7 +11,7 @@
 //! - [`import`]: one task per batch: wait at the calendar's ack barrier,
 //!   submit, follow the job ([`jobs`]: poll or webhook), then settle.
 //! - [`settle`]: publish and ack: events first, then dead-letter copies,
-//!   then acks, which the ack barrier ([`crate::amqp::barrier`]) records.
+//!   then acks, which the ack barrier ([`crate::amqp::AckBarriers`]) records.
 //! - [`events`]: the CloudEvents the worker publishes.
 
 pub mod batch;

@@ -68,10 +68,15 @@
 //! - [`pace`]: whole fronts or chunks, from probes of the broker.
 //! - [`tracker`]: [`AckTracker`], the I/O side: sends what the ledger picks
 //!   on the lapin channel, ticks for stragglers, waits for the broker.
+//! - [`barrier`]: [`AckBarriers`], per calendar where its previous batch's
+//!   deliveries end on each channel; the calendar's next import waits until
+//!   the broker processed those acks.
 
+mod barrier;
 mod ledger;
 mod pace;
 mod tracker;
 
+pub use barrier::{AckBarrier, AckBarriers, ack_all};
 pub use pace::MULTIPLE_ACK_CHUNK;
 pub use tracker::{AckTracker, STRAGGLER_DELAY};

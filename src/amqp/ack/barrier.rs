@@ -15,7 +15,8 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use super::{AckTracker, STRAGGLER_DELAY, delivery::InboundMessage};
+use super::{AckTracker, STRAGGLER_DELAY};
+use crate::amqp::delivery::InboundMessage;
 
 /// How long the acks may stand still before a calendar's next import stops
 /// waiting for them and acks its previous batch alone.
