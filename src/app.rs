@@ -132,9 +132,9 @@ pub async fn start(settings: Settings) -> Result<AppHandle, AppError> {
         jobs: jobs.clone(),
         outbound: outbound.clone(),
         poll: PollPolicy {
-            initial: Duration::from_millis(settings.imports.poll_initial_ms),
-            max: Duration::from_millis(settings.imports.poll_max_ms),
-            timeout: Duration::from_secs(settings.imports.job_timeout_s),
+            initial: settings.imports.poll_initial,
+            max: settings.imports.poll_max,
+            timeout: settings.imports.job_timeout,
         },
         source: source.clone(),
         coordinator: coord_tx.clone(),
@@ -144,7 +144,7 @@ pub async fn start(settings: Settings) -> Result<AppHandle, AppError> {
     let coordinator = Coordinator::new(
         coordinator::Limits {
             max_entries: settings.batch.max_entries,
-            max_wait: settings.batch_max_wait(),
+            max_wait: settings.batch.max_wait,
             max_concurrent: settings.imports.max_concurrent,
             window: consumer::window(settings.effective_prefetch(), settings.amqp.partitions),
         },
@@ -179,7 +179,7 @@ pub async fn start(settings: Settings) -> Result<AppHandle, AppError> {
     let consumer_cfg = ConsumerConfig {
         amqp: settings.amqp.clone(),
         prefetch: settings.effective_prefetch(),
-        batch_max_wait: settings.batch_max_wait(),
+        batch_max_wait: settings.batch.max_wait,
         parse,
         connection_name: instance_id.clone(),
         source,
@@ -197,7 +197,7 @@ pub async fn start(settings: Settings) -> Result<AppHandle, AppError> {
         control,
     ));
 
-    let grace = Duration::from_secs(settings.shutdown.timeout_s);
+    let grace = settings.shutdown.timeout;
     let supervisor_shutdown = shutdown.clone();
     let join = tokio::spawn(async move {
         let mut consumer_task = consumer_task;

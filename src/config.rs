@@ -96,8 +96,10 @@ pub struct AmqpSettings {
     #[serde(default = "default_ack_chunk")]
     pub ack_chunk: u32,
     pub partitions: u16,
-    pub reconnect_initial_ms: u64,
-    pub reconnect_max_ms: u64,
+    #[serde(rename = "reconnect_initial_ms", deserialize_with = "millis")]
+    pub reconnect_initial: Duration,
+    #[serde(rename = "reconnect_max_ms", deserialize_with = "millis")]
+    pub reconnect_max: Duration,
     /// PEM file of extra CA certificates trusted for `amqps://` (a private
     /// CA); empty = the platform's trust store only.
     #[serde(default)]
@@ -132,30 +134,37 @@ impl fmt::Debug for AmqpSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct BatchSettings {
     pub max_entries: usize,
-    pub max_wait_ms: u64,
+    #[serde(rename = "max_wait_ms", deserialize_with = "millis")]
+    pub max_wait: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ImportSettings {
     pub max_concurrent: usize,
-    pub poll_initial_ms: u64,
-    pub poll_max_ms: u64,
-    pub job_timeout_s: u64,
+    #[serde(rename = "poll_initial_ms", deserialize_with = "millis")]
+    pub poll_initial: Duration,
+    #[serde(rename = "poll_max_ms", deserialize_with = "millis")]
+    pub poll_max: Duration,
+    #[serde(rename = "job_timeout_s", deserialize_with = "secs")]
+    pub job_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct RetrySettings {
-    pub base_ms: u64,
-    pub cap_ms: u64,
-    pub max_elapsed_s: u64,
+    #[serde(rename = "base_ms", deserialize_with = "millis")]
+    pub base: Duration,
+    #[serde(rename = "cap_ms", deserialize_with = "millis")]
+    pub cap: Duration,
+    #[serde(rename = "max_elapsed_s", deserialize_with = "secs")]
+    pub max_elapsed: Duration,
 }
 
 impl Default for RetrySettings {
     fn default() -> Self {
         RetrySettings {
-            base_ms: 200,
-            cap_ms: 30_000,
-            max_elapsed_s: 600,
+            base: Duration::from_millis(200),
+            cap: Duration::from_millis(30_000),
+            max_elapsed: Duration::from_secs(600),
         }
     }
 }
@@ -197,9 +206,12 @@ pub struct CxoneSettings {
     pub scope: String,
     pub default_validation_mode: ValidationMode,
     pub webhook_secret: SecretString,
-    pub request_timeout_ms: u64,
-    pub connect_timeout_ms: u64,
-    pub token_refresh_margin_s: u64,
+    #[serde(rename = "request_timeout_ms", deserialize_with = "millis")]
+    pub request_timeout: Duration,
+    #[serde(rename = "connect_timeout_ms", deserialize_with = "millis")]
+    pub connect_timeout: Duration,
+    #[serde(rename = "token_refresh_margin_s", deserialize_with = "secs")]
+    pub token_refresh_margin: Duration,
     /// Client-side request budget (token bucket, burst of one second's
     /// worth); 0 = off. Set it to a rate limit CXone has announced, so the
     /// worker paces itself instead of collecting 429s.
@@ -228,7 +240,8 @@ pub struct HttpSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ShutdownSettings {
-    pub timeout_s: u64,
+    #[serde(rename = "timeout_s", deserialize_with = "secs")]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -335,8 +348,8 @@ impl Settings {
             }
         }
         positive("amqp.partitions", a.partitions as u64)?;
-        positive("amqp.reconnect_initial_ms", a.reconnect_initial_ms)?;
-        if a.reconnect_max_ms < a.reconnect_initial_ms {
+        positive_duration("amqp.reconnect_initial_ms", a.reconnect_initial)?;
+        if a.reconnect_max < a.reconnect_initial {
             return Err(ConfigError::invalid(
                 "amqp.reconnect_max_ms",
                 "expected at least amqp.reconnect_initial_ms",
@@ -349,18 +362,18 @@ impl Settings {
             ));
         }
         positive("batch.max_entries", self.batch.max_entries as u64)?;
-        positive("batch.max_wait_ms", self.batch.max_wait_ms)?;
+        positive_duration("batch.max_wait_ms", self.batch.max_wait)?;
         positive("imports.max_concurrent", self.imports.max_concurrent as u64)?;
-        positive("imports.poll_initial_ms", self.imports.poll_initial_ms)?;
-        if self.imports.poll_max_ms < self.imports.poll_initial_ms {
+        positive_duration("imports.poll_initial_ms", self.imports.poll_initial)?;
+        if self.imports.poll_max < self.imports.poll_initial {
             return Err(ConfigError::invalid(
                 "imports.poll_max_ms",
                 "expected at least imports.poll_initial_ms",
             ));
         }
-        positive("imports.job_timeout_s", self.imports.job_timeout_s)?;
-        positive("retry.base_ms", self.retry.base_ms)?;
-        if self.retry.cap_ms < self.retry.base_ms {
+        positive_duration("imports.job_timeout_s", self.imports.job_timeout)?;
+        positive_duration("retry.base_ms", self.retry.base)?;
+        if self.retry.cap < self.retry.base {
             return Err(ConfigError::invalid(
                 "retry.cap_ms",
                 "expected at least retry.base_ms",
@@ -414,8 +427,8 @@ impl Settings {
         }
         check_ca_file("amqp.ca_file", &a.ca_file)?;
         check_ca_file("cxone.ca_file", &c.ca_file)?;
-        positive("cxone.request_timeout_ms", c.request_timeout_ms)?;
-        positive("cxone.connect_timeout_ms", c.connect_timeout_ms)?;
+        positive_duration("cxone.request_timeout_ms", c.request_timeout)?;
+        positive_duration("cxone.connect_timeout_ms", c.connect_timeout)?;
         positive(
             "http.webhook_max_body_bytes",
             self.http.webhook_max_body_bytes as u64,
@@ -449,10 +462,6 @@ impl Settings {
             gethostname::gethostname().to_string_lossy(),
             std::process::id()
         )
-    }
-
-    pub fn batch_max_wait(&self) -> Duration {
-        Duration::from_millis(self.batch.max_wait_ms)
     }
 }
 
@@ -537,6 +546,23 @@ fn positive(key: &str, v: u64) -> Result<(), ConfigError> {
     Ok(())
 }
 
+fn positive_duration(key: &str, v: Duration) -> Result<(), ConfigError> {
+    if v.is_zero() {
+        return Err(ConfigError::invalid(key, "expected a positive number"));
+    }
+    Ok(())
+}
+
+/// A `…_ms` key: a whole number of milliseconds.
+fn millis<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    u64::deserialize(d).map(Duration::from_millis)
+}
+
+/// A `…_s` key: a whole number of seconds.
+fn secs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    u64::deserialize(d).map(Duration::from_secs)
+}
+
 /// Turns the config crate's messages into one line naming the key.
 fn describe(e: config::ConfigError, file: Option<&Path>) -> ConfigError {
     match e {
@@ -592,9 +618,9 @@ mod tests {
         assert_eq!(s.amqp.queue_type, QueueType::Quorum);
         assert_eq!(s.amqp.delivery_limit, 10);
         assert_eq!(s.batch.max_entries, 500);
-        assert_eq!(s.batch.max_wait_ms, 1000);
+        assert_eq!(s.batch.max_wait, Duration::from_millis(1000));
         assert_eq!(s.imports.max_concurrent, 3);
-        assert_eq!(s.retry.max_elapsed_s, 600);
+        assert_eq!(s.retry.max_elapsed, Duration::from_secs(600));
         assert_eq!(s.limits.max_message_bytes, 1 << 20);
         assert_eq!(s.cxone.default_validation_mode, ValidationMode::Strict);
         assert_eq!(s.http.listen.port(), 8080);
@@ -630,7 +656,7 @@ mod tests {
         let s =
             Settings::load_from(Some(&path), &env(&[("CSW__BATCH__MAX_WAIT_MS", "9")])).unwrap();
         assert_eq!(s.batch.max_entries, 7);
-        assert_eq!(s.batch.max_wait_ms, 9);
+        assert_eq!(s.batch.max_wait, Duration::from_millis(9));
     }
 
     #[test]

@@ -445,9 +445,9 @@ fn compose_wires_simulator_worker_broker_and_publisher() {
                 panic!("docker-compose.yml: worker stop_grace_period {grace:?} is not like `45s`")
             });
         assert!(
-            secs > worker.shutdown.timeout_s,
+            secs > worker.shutdown.timeout.as_secs(),
             "docker-compose.yml: worker stop_grace_period {secs}s must exceed shutdown.timeout_s ({})",
-            worker.shutdown.timeout_s
+            worker.shutdown.timeout.as_secs()
         );
     }
 
@@ -812,8 +812,8 @@ fn k8s_deployment_ports_probes_and_hardening() {
         .as_u64()
         .unwrap_or(30);
     for (what, timeout) in [
-        ("the default", defaults().shutdown.timeout_s),
-        ("the ConfigMap's", s.shutdown.timeout_s),
+        ("the default", defaults().shutdown.timeout.as_secs()),
+        ("the ConfigMap's", s.shutdown.timeout.as_secs()),
     ] {
         assert!(
             grace > timeout,

@@ -38,9 +38,9 @@ fn settings(sim: &SimServer) -> CxoneSettings {
 
 fn fast_retry() -> RetrySettings {
     RetrySettings {
-        base_ms: 20,
-        cap_ms: 500,
-        max_elapsed_s: 30,
+        base: Duration::from_millis(20),
+        cap: Duration::from_millis(500),
+        max_elapsed: Duration::from_secs(30),
     }
 }
 

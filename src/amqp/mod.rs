@@ -237,10 +237,9 @@ pub fn header_str(headers: Option<&FieldTable>, name: &str) -> Option<String> {
 }
 
 /// Exponential backoff with full jitter, for reconnects.
-pub fn reconnect_delay(attempt: u32, initial_ms: u64, max_ms: u64) -> Duration {
-    let exp = initial_ms
-        .saturating_mul(1u64 << attempt.min(20))
-        .min(max_ms);
+pub fn reconnect_delay(attempt: u32, initial: Duration, max: Duration) -> Duration {
+    let exp = initial.saturating_mul(1u32 << attempt.min(20)).min(max);
+    let exp = u64::try_from(exp.as_millis()).unwrap_or(u64::MAX);
     let jittered = rand::random_range(exp / 2..=exp.max(1));
     Duration::from_millis(jittered)
 }

@@ -341,7 +341,7 @@ async fn throughput(args: &BenchArgs, settings: Settings) -> Result<Value, Bench
         let worker_rate = n as f64 / drain.as_secs_f64();
         let requests = stats.token_requests + stats.import_requests + stats.job_requests;
         let per_change = requests as f64 / n as f64;
-        let max_wait_ms = env.settings.batch.max_wait_ms;
+        let max_wait_ms = env.settings.batch.max_wait.as_millis() as u64;
         let rss_mb = rss_drain_kb.map(|kb| kb as f64 / 1024.0);
         let ratio = raw.as_ref().map(|r| worker_rate / r.rate);
         Ok(json!({

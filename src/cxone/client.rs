@@ -80,11 +80,11 @@ impl CxoneClient {
             .pool_idle_timeout(Duration::from_secs(90));
         // 0 (only reachable when settings are built in code) means "no
         // timeout"; config validation requires positive values.
-        if cfg.request_timeout_ms > 0 {
-            b = b.timeout(Duration::from_millis(cfg.request_timeout_ms));
+        if !cfg.request_timeout.is_zero() {
+            b = b.timeout(cfg.request_timeout);
         }
-        if cfg.connect_timeout_ms > 0 {
-            b = b.connect_timeout(Duration::from_millis(cfg.connect_timeout_ms));
+        if !cfg.connect_timeout.is_zero() {
+            b = b.connect_timeout(cfg.connect_timeout);
         }
         if !cfg.ca_file.is_empty() {
             // Extra roots on top of the platform's trust store.

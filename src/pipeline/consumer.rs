@@ -110,11 +110,8 @@ pub async fn run(
         if started.elapsed() > Duration::from_secs(30) {
             attempt = 0;
         }
-        let delay = amqp::reconnect_delay(
-            attempt,
-            cfg.amqp.reconnect_initial_ms,
-            cfg.amqp.reconnect_max_ms,
-        );
+        let delay =
+            amqp::reconnect_delay(attempt, cfg.amqp.reconnect_initial, cfg.amqp.reconnect_max);
         attempt = attempt.saturating_add(1);
         // Not connected means not consuming: a shutdown that starts now must
         // not wait for a consumer to stop.
