@@ -11,7 +11,7 @@ use std::{collections::HashMap, fmt, net::SocketAddr, path::Path, time::Duration
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use crate::domain::ValidationMode;
+use crate::domain::{Limits, ValidationMode};
 
 /// The defaults, compiled in. `config/default.toml` is the documentation too.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -165,24 +165,6 @@ impl Default for RetrySettings {
             base: Duration::from_millis(200),
             cap: Duration::from_millis(30_000),
             max_elapsed: Duration::from_secs(600),
-        }
-    }
-}
-
-/// Validation limits of CONTRACT section 3.
-#[derive(Debug, Clone, Copy, Deserialize)]
-pub struct Limits {
-    pub max_message_bytes: usize,
-    pub max_entries_per_change: usize,
-    pub max_shift_minutes: i64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_message_bytes: 1024 * 1024,
-            max_entries_per_change: 1000,
-            max_shift_minutes: 1440,
         }
     }
 }

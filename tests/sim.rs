@@ -8,9 +8,11 @@ use std::{
 };
 
 use cxone_schedule_worker::{
-    config::{CxoneSettings, GrantType, Limits, RetrySettings, Settings},
+    config::{CxoneSettings, GrantType, RetrySettings, Settings},
     cxone::{CxoneClient, CxoneError, Job, JobStatus},
-    domain::{ConflictResolution, ImportPayload, ScheduleEntry, ValidationMode, validate_import},
+    domain::{
+        ConflictResolution, ImportPayload, Limits, ScheduleEntry, ValidationMode, validate_import,
+    },
     sim::{ConcurrentCalendar, FaultsPatch, SimConfig, SimServer, SimStats},
 };
 use hmac::{Hmac, Mac};

@@ -9,6 +9,7 @@
 
 use sha2::{Digest, Sha256};
 
+use super::limits::Limits;
 use super::model::*;
 use super::raw::{
     self, Doc, Item, Kind, List, RawBreak, RawEntry, RawOverride, RawTop, Root, Scalar, Shape,
@@ -16,7 +17,6 @@ use super::raw::{
 };
 use super::sweep;
 use super::time::{self, EXPECTED_FORMAT, MICROS_PER_MINUTE};
-use crate::config::Limits;
 
 /// AMQP properties validation depends on.
 #[derive(Clone, Copy, Debug, Default)]

@@ -24,8 +24,7 @@ use super::state::{
     ALL_SCOPES, Admission, SCOPE_JOBS_READ, SCOPE_SCHEDULES_WRITE, SimState, body_hash, bump,
     scope_bit,
 };
-use crate::config::Limits;
-use crate::domain::validate_import;
+use crate::domain::{Limits, validate_import};
 
 /// Larger than any batch the worker sends; beyond it, 413.
 const MAX_BODY: usize = 32 * 1024 * 1024;
