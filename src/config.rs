@@ -92,8 +92,7 @@ pub struct AmqpSettings {
     pub prefetch: u16,
     /// Most deliveries one `multiple` ack covers when the ack pace finds
     /// the broker quick enough for chunks; 0 = every settled front whole,
-    /// never probed (see [`crate::amqp::MULTIPLE_ACK_CHUNK`]).
-    #[serde(default = "default_ack_chunk")]
+    /// never probed. Its default is in `config/default.toml`.
     pub ack_chunk: u32,
     pub partitions: u16,
     #[serde(rename = "reconnect_initial_ms", deserialize_with = "millis")]
@@ -104,10 +103,6 @@ pub struct AmqpSettings {
     /// CA); empty = the platform's trust store only.
     #[serde(default)]
     pub ca_file: String,
-}
-
-fn default_ack_chunk() -> u32 {
-    crate::amqp::MULTIPLE_ACK_CHUNK as u32
 }
 
 impl fmt::Debug for AmqpSettings {
