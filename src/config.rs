@@ -12,6 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::domain::{Limits, ValidationMode};
+use crate::redact::redact_url;
 
 /// The defaults, compiled in. `config/default.toml` is the documentation too.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -448,68 +449,9 @@ fn check_ca_file(key: &str, path: &str) -> Result<(), ConfigError> {
     if path.is_empty() {
         return Ok(());
     }
-    load_ca_pem(path)
+    crate::tls::load_ca_file(path)
         .map(|_| ())
-        .map_err(|m| ConfigError::invalid(key, m))
-}
-
-/// Reads a PEM bundle of CA certificates: its text and its certificates
-/// (DER). The message of an error says what to fix.
-pub fn load_ca_pem(path: &str) -> Result<(String, Vec<Vec<u8>>), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        format!(
-            "cannot read CA file {path:?} ({e}); point it at a readable PEM file or leave it empty"
-        )
-    })?;
-    let mut certs = Vec::new();
-    for (i, block) in pem_blocks(&text).into_iter().enumerate() {
-        let (label, der) =
-            block.map_err(|m| format!("CA file {path:?}, PEM block {}: {m}", i + 1))?;
-        if label == "CERTIFICATE" {
-            certs.push(der);
-        }
-    }
-    if certs.is_empty() {
-        return Err(format!(
-            "CA file {path:?} holds no PEM certificate (-----BEGIN CERTIFICATE-----); give the CA certificate(s) in PEM"
-        ));
-    }
-    Ok((text, certs))
-}
-
-/// The `-----BEGIN X-----` … `-----END X-----` blocks of a PEM text, decoded.
-fn pem_blocks(text: &str) -> Vec<Result<(String, Vec<u8>), String>> {
-    use base64::Engine;
-    let mut out = Vec::new();
-    let mut lines = text.lines();
-    while let Some(line) = lines.next() {
-        let Some(label) = line
-            .trim()
-            .strip_prefix("-----BEGIN ")
-            .and_then(|l| l.strip_suffix("-----"))
-        else {
-            continue;
-        };
-        let end = format!("-----END {label}-----");
-        let mut b64 = String::new();
-        let mut closed = false;
-        for l in lines.by_ref() {
-            if l.trim() == end {
-                closed = true;
-                break;
-            }
-            b64.push_str(l.trim());
-        }
-        out.push(if !closed {
-            Err(format!("{label} block is not terminated by {end}"))
-        } else {
-            base64::engine::general_purpose::STANDARD
-                .decode(b64.as_bytes())
-                .map(|der| (label.to_owned(), der))
-                .map_err(|e| format!("{label} block is not valid base64 ({e})"))
-        });
-    }
-    out
+        .map_err(|e| ConfigError::invalid(key, e.to_string()))
 }
 
 /// Most runtime threads `worker.threads` may ask for: far more than the
@@ -562,18 +504,6 @@ fn describe(e: config::ConfigError, file: Option<&Path>) -> ConfigError {
                 None => ConfigError::Load(text),
             }
         }
-    }
-}
-
-/// `amqp://user:pass@host/vhost` → `amqp://user:***@host/vhost`.
-pub fn redact_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Ok(u) => u.to_string(),
-        Err(_) => "<unparseable url>".to_owned(),
     }
 }
 

@@ -19,11 +19,12 @@ use std::time::Duration;
 use lapin::{
     BasicProperties, Channel, Connect, Connection, ConnectionProperties,
     options::{BasicPublishOptions, ConfirmSelectOptions},
-    tcp::OwnedTLSConfig,
     types::{AMQPValue, FieldTable, ShortString},
 };
 
-use crate::config::{AmqpSettings, load_ca_pem, redact_url};
+use crate::config::AmqpSettings;
+use crate::redact::redact_url;
+use crate::tls::{CaFileError, amqp_client_config};
 
 /// Something went wrong with the broker.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +67,7 @@ pub enum AmqpError {
     #[error("the broker connection is down; the message was not published")]
     Disconnected,
     #[error("amqp.ca_file: {0}")]
-    CaFile(String),
+    CaFile(CaFileError),
 }
 
 impl AmqpError {
@@ -84,15 +85,8 @@ impl AmqpError {
 /// store plus the certificates of `amqp.ca_file` when set.
 pub async fn connect(amqp: &AmqpSettings, connection_name: &str) -> Result<Connection, AmqpError> {
     let props = ConnectionProperties::default().with_connection_name(connection_name.into());
-    let tls = OwnedTLSConfig {
-        identity: None,
-        cert_chain: if amqp.ca_file.is_empty() {
-            None
-        } else {
-            // Read on every connect: a rotated CA file is picked up on reconnect.
-            Some(load_ca_pem(&amqp.ca_file).map_err(AmqpError::CaFile)?.0)
-        },
-    };
+    // Read on every connect: a rotated CA file is picked up on reconnect.
+    let tls = amqp_client_config(&amqp.ca_file).map_err(AmqpError::CaFile)?;
     let connect_error = |source| AmqpError::Connect {
         url: redact_url(&amqp.url),
         source,

@@ -1503,7 +1503,7 @@ async fn machine(settings: &Settings) -> Value {
     json!({
         "cpus": cpus,
         "broker": format!("RabbitMQ {}", broker.unwrap_or_else(|| "?".into())),
-        "brokerUrl": crate::config::redact_url(&settings.amqp.url),
+        "brokerUrl": crate::redact::redact_url(&settings.amqp.url),
         "build": if cfg!(debug_assertions) { "debug" } else { "release" },
     })
 }

@@ -86,27 +86,12 @@ impl CxoneClient {
         if !cfg.connect_timeout.is_zero() {
             b = b.connect_timeout(cfg.connect_timeout);
         }
-        if !cfg.ca_file.is_empty() {
-            // Extra roots on top of the platform's trust store.
-            let ca_error = |message: String| CxoneError::Permanent {
-                endpoint: "client",
-                status: None,
-                message: format!("cxone.ca_file: {message}"),
-                body: None,
-            };
-            let (_, ders) = crate::config::load_ca_pem(&cfg.ca_file).map_err(ca_error)?;
-            let certs = ders
-                .iter()
-                .map(|der| reqwest::Certificate::from_der(der))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| {
-                    ca_error(format!(
-                        "{:?} holds a certificate that cannot be used ({e}); give the CA certificate(s) in PEM",
-                        cfg.ca_file
-                    ))
-                })?;
-            b = b.tls_certs_merge(certs);
-        }
+        b = crate::tls::add_ca_file(b, &cfg.ca_file).map_err(|e| CxoneError::Permanent {
+            endpoint: "client",
+            status: None,
+            message: format!("cxone.ca_file: {e}"),
+            body: None,
+        })?;
         let http = b.build().map_err(|e| CxoneError::Permanent {
             endpoint: "client",
             status: None,
