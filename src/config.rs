@@ -106,6 +106,42 @@ pub struct AmqpSettings {
     pub ca_file: String,
 }
 
+impl AmqpSettings {
+    /// The URL's scheme, the names' lengths and the reconnect backoff.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.url.starts_with("amqp://") || self.url.starts_with("amqps://")) {
+            return Err(ConfigError::invalid(
+                "amqp.url",
+                "expected an amqp:// or amqps:// URL (env AMQP_URL or CSW__AMQP__URL)",
+            ));
+        }
+        for (key, v) in [
+            ("amqp.inbound_exchange", &self.inbound_exchange),
+            ("amqp.inbound_queue", &self.inbound_queue),
+            ("amqp.dead_letter_exchange", &self.dead_letter_exchange),
+            ("amqp.dead_letter_queue", &self.dead_letter_queue),
+            ("amqp.events_exchange", &self.events_exchange),
+            ("amqp.unrouted_events_queue", &self.unrouted_events_queue),
+        ] {
+            if v.is_empty() || v.len() > 255 {
+                return Err(ConfigError::invalid(
+                    key,
+                    "expected a name of 1 to 255 bytes",
+                ));
+            }
+        }
+        positive("amqp.partitions", self.partitions as u64)?;
+        positive_duration("amqp.reconnect_initial_ms", self.reconnect_initial)?;
+        if self.reconnect_max < self.reconnect_initial {
+            return Err(ConfigError::invalid(
+                "amqp.reconnect_max_ms",
+                "expected at least amqp.reconnect_initial_ms",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Debug for AmqpSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AmqpSettings")
@@ -203,6 +239,44 @@ pub struct CxoneSettings {
 }
 
 impl CxoneSettings {
+    /// The URLs and the credentials the grant type needs.
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, v) in [
+            ("cxone.base_url", &self.base_url),
+            ("cxone.auth_url", &self.auth_url),
+        ] {
+            if !(v.starts_with("http://") || v.starts_with("https://"))
+                || reqwest::Url::parse(v).is_err()
+            {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("expected an http:// or https:// URL, got {v:?}"),
+                ));
+            }
+        }
+        if self.client_id.is_empty() {
+            return Err(ConfigError::invalid(
+                "cxone.client_id",
+                "missing; set CXONE_CLIENT_ID or CSW__CXONE__CLIENT_ID",
+            ));
+        }
+        if self.client_secret.expose_secret().is_empty() {
+            return Err(ConfigError::invalid(
+                "cxone.client_secret",
+                "missing; set CXONE_CLIENT_SECRET or CSW__CXONE__CLIENT_SECRET",
+            ));
+        }
+        if self.grant_type == GrantType::Password
+            && (self.access_key_id.is_empty() || self.access_key_secret.expose_secret().is_empty())
+        {
+            return Err(ConfigError::invalid(
+                "cxone.access_key_id",
+                "grant_type = \"password\" needs cxone.access_key_id and cxone.access_key_secret",
+            ));
+        }
+        Ok(())
+    }
+
     /// The webhook secret, if one is configured (an empty string means none).
     pub fn webhook_secret(&self) -> Option<&str> {
         let s = self.webhook_secret.expose_secret();
@@ -302,44 +376,39 @@ impl Settings {
         Settings::load_from(None, &HashMap::new()).expect("bundled defaults are valid")
     }
 
-    /// Checks what types alone cannot say.
+    /// Checks what types alone cannot say, in a fixed order so that the
+    /// first problem reported is stable.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let a = &self.amqp;
-        if !(a.url.starts_with("amqp://") || a.url.starts_with("amqps://")) {
-            return Err(ConfigError::invalid(
-                "amqp.url",
-                "expected an amqp:// or amqps:// URL (env AMQP_URL or CSW__AMQP__URL)",
-            ));
-        }
-        for (key, v) in [
-            ("amqp.inbound_exchange", &a.inbound_exchange),
-            ("amqp.inbound_queue", &a.inbound_queue),
-            ("amqp.dead_letter_exchange", &a.dead_letter_exchange),
-            ("amqp.dead_letter_queue", &a.dead_letter_queue),
-            ("amqp.events_exchange", &a.events_exchange),
-            ("amqp.unrouted_events_queue", &a.unrouted_events_queue),
-        ] {
-            if v.is_empty() || v.len() > 255 {
-                return Err(ConfigError::invalid(
-                    key,
-                    "expected a name of 1 to 255 bytes",
-                ));
-            }
-        }
-        positive("amqp.partitions", a.partitions as u64)?;
-        positive_duration("amqp.reconnect_initial_ms", a.reconnect_initial)?;
-        if a.reconnect_max < a.reconnect_initial {
-            return Err(ConfigError::invalid(
-                "amqp.reconnect_max_ms",
-                "expected at least amqp.reconnect_initial_ms",
-            ));
-        }
+        self.amqp.validate()?;
         if self.worker.threads > MAX_THREADS {
             return Err(ConfigError::invalid(
                 "worker.threads",
                 format!("expected 0 (one per CPU core) to {MAX_THREADS}"),
             ));
         }
+        self.validate_batching()?;
+        self.validate_limits()?;
+        self.cxone.validate()?;
+        check_ca_file("amqp.ca_file", &self.amqp.ca_file)?;
+        check_ca_file("cxone.ca_file", &self.cxone.ca_file)?;
+        positive_duration("cxone.request_timeout_ms", self.cxone.request_timeout)?;
+        positive_duration("cxone.connect_timeout_ms", self.cxone.connect_timeout)?;
+        positive(
+            "http.webhook_max_body_bytes",
+            self.http.webhook_max_body_bytes as u64,
+        )?;
+        if tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_level).is_err() {
+            return Err(ConfigError::invalid(
+                "telemetry.log_level",
+                "expected a tracing filter such as \"info\" or \"cxone_schedule_worker=debug\"",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `batch`, `imports` and `retry`: sizes and times that must be positive
+    /// and maxima that must not be below their minima.
+    fn validate_batching(&self) -> Result<(), ConfigError> {
         positive("batch.max_entries", self.batch.max_entries as u64)?;
         positive_duration("batch.max_wait_ms", self.batch.max_wait)?;
         positive("imports.max_concurrent", self.imports.max_concurrent as u64)?;
@@ -358,6 +427,10 @@ impl Settings {
                 "expected at least retry.base_ms",
             ));
         }
+        Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
         positive(
             "limits.max_message_bytes",
             self.limits.max_message_bytes as u64,
@@ -369,56 +442,7 @@ impl Settings {
         positive(
             "limits.max_shift_minutes",
             self.limits.max_shift_minutes.max(0) as u64,
-        )?;
-        let c = &self.cxone;
-        for (key, v) in [
-            ("cxone.base_url", &c.base_url),
-            ("cxone.auth_url", &c.auth_url),
-        ] {
-            if !(v.starts_with("http://") || v.starts_with("https://"))
-                || reqwest::Url::parse(v).is_err()
-            {
-                return Err(ConfigError::invalid(
-                    key,
-                    format!("expected an http:// or https:// URL, got {v:?}"),
-                ));
-            }
-        }
-        if c.client_id.is_empty() {
-            return Err(ConfigError::invalid(
-                "cxone.client_id",
-                "missing; set CXONE_CLIENT_ID or CSW__CXONE__CLIENT_ID",
-            ));
-        }
-        if c.client_secret.expose_secret().is_empty() {
-            return Err(ConfigError::invalid(
-                "cxone.client_secret",
-                "missing; set CXONE_CLIENT_SECRET or CSW__CXONE__CLIENT_SECRET",
-            ));
-        }
-        if c.grant_type == GrantType::Password
-            && (c.access_key_id.is_empty() || c.access_key_secret.expose_secret().is_empty())
-        {
-            return Err(ConfigError::invalid(
-                "cxone.access_key_id",
-                "grant_type = \"password\" needs cxone.access_key_id and cxone.access_key_secret",
-            ));
-        }
-        check_ca_file("amqp.ca_file", &a.ca_file)?;
-        check_ca_file("cxone.ca_file", &c.ca_file)?;
-        positive_duration("cxone.request_timeout_ms", c.request_timeout)?;
-        positive_duration("cxone.connect_timeout_ms", c.connect_timeout)?;
-        positive(
-            "http.webhook_max_body_bytes",
-            self.http.webhook_max_body_bytes as u64,
-        )?;
-        if tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_level).is_err() {
-            return Err(ConfigError::invalid(
-                "telemetry.log_level",
-                "expected a tracing filter such as \"info\" or \"cxone_schedule_worker=debug\"",
-            ));
-        }
-        Ok(())
+        )
     }
 
     /// The prefetch to apply: configured, or derived so that every import slot
