@@ -303,36 +303,7 @@ impl CxoneClient {
         let mut attempts: u32 = 0;
         let mut reauthenticated = false;
         loop {
-            let step = match inner.tokens.get().await {
-                Err(e) => Attempt::Failed(e),
-                Ok(token) => {
-                    // Polls give way to submissions under a known rate limit.
-                    let priority = if endpoint == JOB {
-                        Priority::Poll
-                    } else {
-                        Priority::Submit
-                    };
-                    inner.pacer.admit(priority).await;
-                    attempts += 1;
-                    match transport::send(endpoint, build(token.bearer())).await {
-                        Err(e) => Attempt::Failed(e),
-                        Ok(resp) if resp.status == StatusCode::UNAUTHORIZED => {
-                            Attempt::Unauthorized(token)
-                        }
-                        Ok(resp) => {
-                            if resp.status == StatusCode::TOO_MANY_REQUESTS
-                                && let Some(ra) = resp.retry_after()
-                            {
-                                inner.pacer.hold_off(ra);
-                            }
-                            match parse(&resp) {
-                                Ok(v) => Attempt::Done(v),
-                                Err(e) => Attempt::Failed(e),
-                            }
-                        }
-                    }
-                }
-            };
+            let step = self.attempt(endpoint, &build, &parse, &mut attempts).await;
             let err = match step {
                 Attempt::Done(v) => return Ok((v, attempts)),
                 Attempt::Unauthorized(token) if !reauthenticated => {
@@ -378,6 +349,47 @@ impl CxoneClient {
                 "transient CXone failure; retrying"
             );
             tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// One try: a token, a place in the pace, one HTTP exchange (counted in
+    /// `attempts`), and what it came to. A 429's `Retry-After` holds every
+    /// request of this client off.
+    async fn attempt<T>(
+        &self,
+        endpoint: &'static str,
+        build: &impl Fn(&str) -> reqwest::RequestBuilder,
+        parse: &impl Fn(&Response) -> Result<T, CxoneError>,
+        attempts: &mut u32,
+    ) -> Attempt<T> {
+        let inner = &*self.inner;
+        let token = match inner.tokens.get().await {
+            Ok(token) => token,
+            Err(e) => return Attempt::Failed(e),
+        };
+        // Polls give way to submissions under a known rate limit.
+        let priority = if endpoint == JOB {
+            Priority::Poll
+        } else {
+            Priority::Submit
+        };
+        inner.pacer.admit(priority).await;
+        *attempts += 1;
+        let resp = match transport::send(endpoint, build(token.bearer())).await {
+            Ok(resp) => resp,
+            Err(e) => return Attempt::Failed(e),
+        };
+        if resp.status == StatusCode::UNAUTHORIZED {
+            return Attempt::Unauthorized(token);
+        }
+        if resp.status == StatusCode::TOO_MANY_REQUESTS
+            && let Some(ra) = resp.retry_after()
+        {
+            inner.pacer.hold_off(ra);
+        }
+        match parse(&resp) {
+            Ok(v) => Attempt::Done(v),
+            Err(e) => Attempt::Failed(e),
         }
     }
 }
