@@ -217,35 +217,15 @@ pub async fn run_demo(
     )
     .await?;
 
-    let mut published_at: HashMap<String, Instant> = HashMap::new();
     let mut summary = Summary {
         published: total,
         ..Default::default()
     };
     let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
-    let mut settled = 0usize;
-    while settled < total {
-        let event = tokio::time::timeout_at(deadline, events.next()).await;
-        while let Ok((id, at)) = sent.try_recv() {
-            if let Some(id) = id {
-                published_at.insert(id, at);
-            }
-        }
-        let Ok(Some(Ok(delivery))) = event else {
-            worker.shutdown();
-            let _ = worker.wait().await;
-            return Err(DemoError::Timeout(args.timeout_s, settled, total));
-        };
-        let Ok(v) = serde_json::from_slice::<Value>(&delivery.data) else {
-            continue;
-        };
-        settled += summary.record(&v, &published_at, Instant::now());
-        bar.set_position(settled as u64);
-        bar.set_message(format!(
-            "({} imports, {} rejected)",
-            summary.imports_completed,
-            summary.rejected.values().sum::<usize>()
-        ));
+    if let Err(settled) = tally(&mut events, &mut sent, &bar, &mut summary, deadline).await {
+        worker.shutdown();
+        let _ = worker.wait().await;
+        return Err(DemoError::Timeout(args.timeout_s, settled, total));
     }
     bar.finish();
     if let Ok(Err(e)) = publish_task.await {
@@ -261,6 +241,41 @@ pub async fn run_demo(
     cleanup(&conn, &settings.amqp, &tap_queue).await;
     sim.shutdown().await;
     Ok(summary)
+}
+
+/// Counts the worker's events until every published change has settled;
+/// at the deadline, or when the tap ends, how many had (`Err`).
+async fn tally(
+    events: &mut lapin::Consumer,
+    sent: &mut Sent,
+    bar: &ProgressBar,
+    summary: &mut Summary,
+    deadline: Instant,
+) -> Result<(), usize> {
+    let mut published_at: HashMap<String, Instant> = HashMap::new();
+    let mut settled = 0usize;
+    while settled < summary.published {
+        let event = tokio::time::timeout_at(deadline, events.next()).await;
+        while let Ok((id, at)) = sent.try_recv() {
+            if let Some(id) = id {
+                published_at.insert(id, at);
+            }
+        }
+        let Ok(Some(Ok(delivery))) = event else {
+            return Err(settled);
+        };
+        let Ok(v) = serde_json::from_slice::<Value>(&delivery.data) else {
+            continue;
+        };
+        settled += summary.record(&v, &published_at, Instant::now());
+        bar.set_position(settled as u64);
+        bar.set_message(format!(
+            "({} imports, {} rejected)",
+            summary.imports_completed,
+            summary.rejected.values().sum::<usize>()
+        ));
+    }
+    Ok(())
 }
 
 /// The demo's own topology names, the in-process simulator as CXone, and

@@ -70,17 +70,7 @@ pub fn parse_change(
         &mut errs,
     );
     let capacity = outcome.as_ref().and_then(|o| o.capacity_minutes());
-    if let (Some(min), Some(cap)) = (fields.minimum, capacity) {
-        if cap < min {
-            errs.push(
-                ErrorCode::InsufficientCapacity,
-                "/minimumCapacityMinutes".to_owned(),
-                format!(
-                    "the change's capacity is {cap} minutes, below minimumCapacityMinutes {min}"
-                ),
-            );
-        }
-    }
+    check_capacity(fields.minimum, capacity, &mut errs);
     let (Some(calendar_id), Some(outcome), Some(capacity_minutes), true) =
         (calendar_id, outcome, capacity, errs.0.is_empty())
     else {
@@ -143,6 +133,21 @@ fn check_envelope(body: &[u8], meta: &MessageMeta<'_>, limits: &Limits) -> Resul
         Ok(())
     } else {
         Err(reject(body, meta, None, None, errs))
+    }
+}
+
+/// The change's capacity against its `minimumCapacityMinutes`, when both are known.
+fn check_capacity(minimum: Option<u64>, capacity: Option<u64>, errs: &mut Errors) {
+    if let (Some(min), Some(cap)) = (minimum, capacity) {
+        if cap < min {
+            errs.push(
+                ErrorCode::InsufficientCapacity,
+                "/minimumCapacityMinutes".to_owned(),
+                format!(
+                    "the change's capacity is {cap} minutes, below minimumCapacityMinutes {min}"
+                ),
+            );
+        }
     }
 }
 
