@@ -15,7 +15,7 @@ use crate::domain::{Limits, ValidationMode};
 use crate::redact::redact_url;
 
 /// The defaults, compiled in. `config/default.toml` is the documentation too.
-pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 
 /// Short environment aliases and the key each one sets.
 pub const ENV_ALIASES: &[(&str, &str)] = &[
