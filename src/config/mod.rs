@@ -6,13 +6,16 @@
 //! (`AMQP_URL`, `CXONE_BASE_URL`, ...). Anything wrong stops start-up with one
 //! [`ConfigError`] line that names the key and says what is expected.
 
-use std::{collections::HashMap, fmt, net::SocketAddr, path::Path, time::Duration};
+use std::{fmt, net::SocketAddr, time::Duration};
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::domain::{Limits, ValidationMode};
 use crate::redact::redact_url;
+
+mod load;
+mod validate;
 
 /// The defaults, compiled in. `config/default.toml` is the documentation too.
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
@@ -104,42 +107,6 @@ pub struct AmqpSettings {
     /// CA); empty = the platform's trust store only.
     #[serde(default)]
     pub ca_file: String,
-}
-
-impl AmqpSettings {
-    /// The URL's scheme, the names' lengths and the reconnect backoff.
-    fn validate(&self) -> Result<(), ConfigError> {
-        if !(self.url.starts_with("amqp://") || self.url.starts_with("amqps://")) {
-            return Err(ConfigError::invalid(
-                "amqp.url",
-                "expected an amqp:// or amqps:// URL (env AMQP_URL or CSW__AMQP__URL)",
-            ));
-        }
-        for (key, v) in [
-            ("amqp.inbound_exchange", &self.inbound_exchange),
-            ("amqp.inbound_queue", &self.inbound_queue),
-            ("amqp.dead_letter_exchange", &self.dead_letter_exchange),
-            ("amqp.dead_letter_queue", &self.dead_letter_queue),
-            ("amqp.events_exchange", &self.events_exchange),
-            ("amqp.unrouted_events_queue", &self.unrouted_events_queue),
-        ] {
-            if v.is_empty() || v.len() > 255 {
-                return Err(ConfigError::invalid(
-                    key,
-                    "expected a name of 1 to 255 bytes",
-                ));
-            }
-        }
-        positive("amqp.partitions", self.partitions as u64)?;
-        positive_duration("amqp.reconnect_initial_ms", self.reconnect_initial)?;
-        if self.reconnect_max < self.reconnect_initial {
-            return Err(ConfigError::invalid(
-                "amqp.reconnect_max_ms",
-                "expected at least amqp.reconnect_initial_ms",
-            ));
-        }
-        Ok(())
-    }
 }
 
 impl fmt::Debug for AmqpSettings {
@@ -239,44 +206,6 @@ pub struct CxoneSettings {
 }
 
 impl CxoneSettings {
-    /// The URLs and the credentials the grant type needs.
-    fn validate(&self) -> Result<(), ConfigError> {
-        for (key, v) in [
-            ("cxone.base_url", &self.base_url),
-            ("cxone.auth_url", &self.auth_url),
-        ] {
-            if !(v.starts_with("http://") || v.starts_with("https://"))
-                || reqwest::Url::parse(v).is_err()
-            {
-                return Err(ConfigError::invalid(
-                    key,
-                    format!("expected an http:// or https:// URL, got {v:?}"),
-                ));
-            }
-        }
-        if self.client_id.is_empty() {
-            return Err(ConfigError::invalid(
-                "cxone.client_id",
-                "missing; set CXONE_CLIENT_ID or CSW__CXONE__CLIENT_ID",
-            ));
-        }
-        if self.client_secret.expose_secret().is_empty() {
-            return Err(ConfigError::invalid(
-                "cxone.client_secret",
-                "missing; set CXONE_CLIENT_SECRET or CSW__CXONE__CLIENT_SECRET",
-            ));
-        }
-        if self.grant_type == GrantType::Password
-            && (self.access_key_id.is_empty() || self.access_key_secret.expose_secret().is_empty())
-        {
-            return Err(ConfigError::invalid(
-                "cxone.access_key_id",
-                "grant_type = \"password\" needs cxone.access_key_id and cxone.access_key_secret",
-            ));
-        }
-        Ok(())
-    }
-
     /// The webhook secret, if one is configured (an empty string means none).
     pub fn webhook_secret(&self) -> Option<&str> {
         let s = self.webhook_secret.expose_secret();
@@ -320,131 +249,6 @@ pub struct TelemetrySettings {
 }
 
 impl Settings {
-    /// Loads the layers from the real process environment.
-    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
-        let env: HashMap<String, String> = std::env::vars().collect();
-        Settings::load_from(file, &env)
-    }
-
-    /// Loads the layers with an explicit environment (tests pass their own).
-    pub fn load_from(
-        file: Option<&Path>,
-        env: &HashMap<String, String>,
-    ) -> Result<Settings, ConfigError> {
-        let mut builder = config::Config::builder().add_source(config::File::from_str(
-            DEFAULT_TOML,
-            config::FileFormat::Toml,
-        ));
-        if let Some(path) = file {
-            if !path.is_file() {
-                return Err(ConfigError::File {
-                    path: path.display().to_string(),
-                    message: "not found or not a file; pass an existing TOML file to --config"
-                        .into(),
-                });
-            }
-            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
-        }
-        // `CSW__SECTION__KEY`: keys are lower-cased by the config crate.
-        let csw: HashMap<String, String> = env
-            .iter()
-            .filter(|(k, _)| k.starts_with("CSW__"))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        builder = builder.add_source(
-            config::Environment::with_prefix("CSW")
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true)
-                .source(Some(csw)),
-        );
-        for (alias, key) in ENV_ALIASES {
-            if let Some(value) = env.get(*alias) {
-                builder = builder
-                    .set_override(*key, value.clone())
-                    .map_err(|e| ConfigError::Load(e.to_string()))?;
-            }
-        }
-        let raw = builder.build().map_err(|e| describe(e, file))?;
-        let settings: Settings = raw.try_deserialize().map_err(|e| describe(e, file))?;
-        settings.validate()?;
-        Ok(settings)
-    }
-
-    /// Defaults only, for tests and the demo.
-    pub fn defaults() -> Settings {
-        Settings::load_from(None, &HashMap::new()).expect("bundled defaults are valid")
-    }
-
-    /// Checks what types alone cannot say, in a fixed order so that the
-    /// first problem reported is stable.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        self.amqp.validate()?;
-        if self.worker.threads > MAX_THREADS {
-            return Err(ConfigError::invalid(
-                "worker.threads",
-                format!("expected 0 (one per CPU core) to {MAX_THREADS}"),
-            ));
-        }
-        self.validate_batching()?;
-        self.validate_limits()?;
-        self.cxone.validate()?;
-        check_ca_file("amqp.ca_file", &self.amqp.ca_file)?;
-        check_ca_file("cxone.ca_file", &self.cxone.ca_file)?;
-        positive_duration("cxone.request_timeout_ms", self.cxone.request_timeout)?;
-        positive_duration("cxone.connect_timeout_ms", self.cxone.connect_timeout)?;
-        positive(
-            "http.webhook_max_body_bytes",
-            self.http.webhook_max_body_bytes as u64,
-        )?;
-        if tracing_subscriber::EnvFilter::try_new(&self.telemetry.log_level).is_err() {
-            return Err(ConfigError::invalid(
-                "telemetry.log_level",
-                "expected a tracing filter such as \"info\" or \"cxone_schedule_worker=debug\"",
-            ));
-        }
-        Ok(())
-    }
-
-    /// `batch`, `imports` and `retry`: sizes and times that must be positive
-    /// and maxima that must not be below their minima.
-    fn validate_batching(&self) -> Result<(), ConfigError> {
-        positive("batch.max_entries", self.batch.max_entries as u64)?;
-        positive_duration("batch.max_wait_ms", self.batch.max_wait)?;
-        positive("imports.max_concurrent", self.imports.max_concurrent as u64)?;
-        positive_duration("imports.poll_initial_ms", self.imports.poll_initial)?;
-        if self.imports.poll_max < self.imports.poll_initial {
-            return Err(ConfigError::invalid(
-                "imports.poll_max_ms",
-                "expected at least imports.poll_initial_ms",
-            ));
-        }
-        positive_duration("imports.job_timeout_s", self.imports.job_timeout)?;
-        positive_duration("retry.base_ms", self.retry.base)?;
-        if self.retry.cap < self.retry.base {
-            return Err(ConfigError::invalid(
-                "retry.cap_ms",
-                "expected at least retry.base_ms",
-            ));
-        }
-        Ok(())
-    }
-
-    fn validate_limits(&self) -> Result<(), ConfigError> {
-        positive(
-            "limits.max_message_bytes",
-            self.limits.max_message_bytes as u64,
-        )?;
-        positive(
-            "limits.max_entries_per_change",
-            self.limits.max_entries_per_change as u64,
-        )?;
-        positive(
-            "limits.max_shift_minutes",
-            self.limits.max_shift_minutes.max(0) as u64,
-        )
-    }
-
     /// The prefetch to apply: configured, or derived so that every import slot
     /// can be fed a full batch while the next one fills.
     pub fn effective_prefetch(&self) -> u16 {
@@ -468,35 +272,6 @@ impl Settings {
     }
 }
 
-/// An empty path means "none"; otherwise the file must hold at least one
-/// PEM certificate.
-fn check_ca_file(key: &str, path: &str) -> Result<(), ConfigError> {
-    if path.is_empty() {
-        return Ok(());
-    }
-    crate::tls::load_ca_file(path)
-        .map(|_| ())
-        .map_err(|e| ConfigError::invalid(key, e.to_string()))
-}
-
-/// Most runtime threads `worker.threads` may ask for: far more than the
-/// work (a consumer, imports waiting on HTTP) can use, and a typo guard.
-const MAX_THREADS: u16 = 256;
-
-fn positive(key: &str, v: u64) -> Result<(), ConfigError> {
-    if v == 0 {
-        return Err(ConfigError::invalid(key, "expected a positive number"));
-    }
-    Ok(())
-}
-
-fn positive_duration(key: &str, v: Duration) -> Result<(), ConfigError> {
-    if v.is_zero() {
-        return Err(ConfigError::invalid(key, "expected a positive number"));
-    }
-    Ok(())
-}
-
 /// A `…_ms` key: a whole number of milliseconds.
 fn millis<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     u64::deserialize(d).map(Duration::from_millis)
@@ -507,33 +282,10 @@ fn secs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     u64::deserialize(d).map(Duration::from_secs)
 }
 
-/// Turns the config crate's messages into one line naming the key.
-fn describe(e: config::ConfigError, file: Option<&Path>) -> ConfigError {
-    match e {
-        config::ConfigError::Type {
-            key: Some(key),
-            unexpected,
-            expected,
-            ..
-        } => ConfigError::invalid(&key, format!("expected {expected}, got {unexpected}")),
-        config::ConfigError::NotFound(key) => ConfigError::invalid(&key, "missing"),
-        config::ConfigError::FileParse { cause, .. } => ConfigError::File {
-            path: file.map(|p| p.display().to_string()).unwrap_or_default(),
-            message: format!("not valid TOML: {cause}"),
-        },
-        other => {
-            // serde messages look like "unknown variant `x`, expected ... for key `a.b`"
-            let text = other.to_string();
-            match text.rsplit_once(" for key `") {
-                Some((msg, key)) => ConfigError::invalid(key.trim_end_matches('`'), msg),
-                None => ConfigError::Load(text),
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::{collections::HashMap, path::Path};
+
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
