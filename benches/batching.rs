@@ -9,8 +9,7 @@ use std::{collections::HashMap, hint::black_box};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use cxone_schedule_worker::{
-    config::Limits,
-    domain::{MessageMeta, ValidChange, ValidationMode, parse_change},
+    domain::{Limits, MessageMeta, ValidChange, ValidationMode, parse_change},
     pipeline::batch::BatchRules,
 };
 use serde_json::json;

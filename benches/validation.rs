@@ -4,8 +4,9 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use cxone_schedule_worker::config::Limits;
-use cxone_schedule_worker::domain::{MessageMeta, ValidationMode, parse_change, validate_import};
+use cxone_schedule_worker::domain::{
+    Limits, MessageMeta, ValidationMode, parse_change, validate_import,
+};
 
 const ENTRIES: usize = 500;
 

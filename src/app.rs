@@ -130,7 +130,7 @@ pub async fn start(settings: Settings) -> Result<AppHandle, AppError> {
             cfg: SourceConfig {
                 amqp: settings.amqp.clone(),
                 prefetch: settings.effective_prefetch(),
-                batch_max_wait: settings.batch_max_wait(),
+                batch_max_wait: settings.batch.max_wait,
                 parse,
                 connection_name: instance_id.clone(),
                 source: event_source,
@@ -150,7 +150,7 @@ pub async fn start(settings: Settings) -> Result<AppHandle, AppError> {
         scheduler,
         tasks,
         http,
-        grace: Duration::from_secs(settings.shutdown.timeout_s),
+        grace: settings.shutdown.timeout,
     };
     let join = tokio::spawn(supervise(shutdown.clone(), stages));
     Ok(AppHandle {
@@ -221,9 +221,9 @@ fn start_batching(
             jobs: parts.jobs,
             outbound: parts.outbound,
             poll: PollPolicy {
-                initial: Duration::from_millis(settings.imports.poll_initial_ms),
-                max: Duration::from_millis(settings.imports.poll_max_ms),
-                timeout: Duration::from_secs(settings.imports.job_timeout_s),
+                initial: settings.imports.poll_initial,
+                max: settings.imports.poll_max,
+                timeout: settings.imports.job_timeout,
             },
             source: parts.source,
             ended: ended_tx,
@@ -235,7 +235,7 @@ fn start_batching(
     let scheduler = Scheduler::new(
         batch::Limits {
             max_entries: settings.batch.max_entries,
-            max_wait: settings.batch_max_wait(),
+            max_wait: settings.batch.max_wait,
             max_concurrent: settings.imports.max_concurrent,
             window: source::window(settings.effective_prefetch(), settings.amqp.partitions),
         },

@@ -6,6 +6,8 @@
 //! Data flows one way: consume → validate → batch → import → publish → ack.
 //!
 //! - [`config`]: typed settings, layered defaults, env overrides, validation.
+//! - [`tls`]: extra CA certificates for `amqps://` and `https://`.
+//! - [`redact`]: URLs with their password masked, for logs and errors.
 //! - [`domain`]: the change model and every validation rule; capacity.
 //! - [`cxone`]: the only module that knows CXone: token cache, API client,
 //!   error classes, retry policy, the import body's JSON shape.
@@ -30,7 +32,9 @@ pub mod cxone;
 pub mod domain;
 pub mod http;
 pub mod pipeline;
+pub mod redact;
 pub mod shutdown;
 pub mod sim;
 mod substring;
 pub mod telemetry;
+pub mod tls;

@@ -69,7 +69,7 @@ pub struct ThroughputFigures {
 
 /// `batch.max_wait_ms`, the latency target's base.
 fn batch_max_wait_ms(settings: &Settings) -> u64 {
-    settings.batch.max_wait_ms
+    u64::try_from(settings.batch.max_wait.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The throughput scenario's report.
@@ -200,7 +200,7 @@ pub async fn machine(settings: &Settings) -> Value {
     json!({
         "cpus": cpus,
         "broker": format!("RabbitMQ {}", broker.unwrap_or_else(|| "?".into())),
-        "brokerUrl": cxone_schedule_worker::config::redact_url(&settings.amqp.url),
+        "brokerUrl": cxone_schedule_worker::redact::redact_url(&settings.amqp.url),
         "build": if cfg!(debug_assertions) { "debug" } else { "release" },
     })
 }

@@ -41,7 +41,7 @@ pub enum AmqpError {
     #[error("the broker connection is down; the message was not published")]
     Disconnected,
     #[error("amqp.ca_file: {0}")]
-    CaFile(String),
+    CaFile(crate::tls::CaFileError),
 }
 
 impl AmqpError {

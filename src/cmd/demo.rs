@@ -87,6 +87,55 @@ impl Summary {
         Some(v[idx])
     }
 
+    /// Counts one event of the worker; returns how many changes it settled.
+    fn record(
+        &mut self,
+        v: &Value,
+        published_at: &HashMap<String, Instant>,
+        now: Instant,
+    ) -> usize {
+        let ids = || {
+            v["data"]["changeIds"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(str::to_owned))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        };
+        match v["type"].as_str().unwrap_or("") {
+            "wfm.schedule.import.completed" => {
+                let ids = ids();
+                self.imports_completed += 1;
+                self.completed_changes += ids.len();
+                let settled = ids.len();
+                for id in ids {
+                    if let Some(at) = published_at.get(&id) {
+                        self.latencies_ms
+                            .push(now.duration_since(*at).as_millis() as u64);
+                    }
+                }
+                settled
+            }
+            "wfm.schedule.import.failed" => {
+                let ids = ids();
+                self.imports_failed += 1;
+                self.failed_changes += ids.len();
+                ids.len()
+            }
+            "wfm.schedule.change.rejected" => {
+                let code = v["data"]["errors"][0]["code"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_owned();
+                *self.rejected.entry(code).or_default() += 1;
+                1
+            }
+            _ => 0,
+        }
+    }
+
     pub fn print(&self) {
         let rejected: usize = self.rejected.values().sum();
         println!();
@@ -141,14 +190,7 @@ pub async fn run_demo(
         std::process::id(),
         rand::random::<u32>()
     );
-    rename_topology(&mut settings.amqp, &prefix);
-    settings.cxone.base_url = sim.base_url();
-    settings.cxone.auth_url = sim.base_url();
-    settings.cxone.client_id = "sim-client".into();
-    settings.cxone.client_secret = "sim-secret".to_owned().into();
-    settings.cxone.webhook_secret = secret.clone().into();
-    settings.http.listen = ([127, 0, 0, 1], 0).into();
-    settings.worker.instance_id = prefix.clone();
+    point_at_simulator(&mut settings, &sim, &prefix, &secret);
 
     let conn = amqp::connect(&settings.amqp, "cxone-schedule-worker demo").await?;
     let ch = conn.create_channel().await?;
@@ -165,107 +207,25 @@ pub async fn run_demo(
 
     let changes = split_changes(SAMPLE_ROSTER);
     let total = changes.len();
-    let bar = if progress {
-        ProgressBar::new(total as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} changes settled {msg}")
-            .expect("static template"),
-    );
-    let publish_ch = conn.create_channel().await?;
-    publish_ch
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    let mut published_at: HashMap<String, Instant> = HashMap::new();
-    let exchange = settings.amqp.inbound_exchange.clone();
-    let rate = args.rate;
-    // Publishing runs beside the event loop and reports when each change left.
-    let (sent_tx, mut sent) = tokio::sync::mpsc::unbounded_channel();
+    let bar = progress_bar(total, progress);
     let bodies: Vec<Vec<u8>> = changes.iter().map(|c| c.to_vec()).collect();
-    let publish_task = tokio::spawn(async move {
-        let hidden = ProgressBar::hidden();
-        let mut ticker =
-            (rate > 0.0).then(|| tokio::time::interval(Duration::from_secs_f64(1.0 / rate)));
-        for body in bodies {
-            if let Some(t) = ticker.as_mut() {
-                t.tick().await;
-            }
-            let _ = sent_tx.send((change_id(&body), Instant::now()));
-            publish_all(&publish_ch, &exchange, &[&body], 0.0, &hidden).await?;
-        }
-        Ok::<(), super::publish::PublishError>(())
-    });
+    let (publish_task, mut sent) = spawn_publisher(
+        &conn,
+        settings.amqp.inbound_exchange.clone(),
+        bodies,
+        args.rate,
+    )
+    .await?;
 
     let mut summary = Summary {
         published: total,
         ..Default::default()
     };
     let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
-    let mut settled = 0usize;
-    while settled < total {
-        let event = tokio::time::timeout_at(deadline, events.next()).await;
-        while let Ok((id, at)) = sent.try_recv() {
-            if let Some(id) = id {
-                published_at.insert(id, at);
-            }
-        }
-        let Ok(Some(Ok(delivery))) = event else {
-            worker.shutdown();
-            let _ = worker.wait().await;
-            return Err(DemoError::Timeout(args.timeout_s, settled, total));
-        };
-        let Ok(v) = serde_json::from_slice::<Value>(&delivery.data) else {
-            continue;
-        };
-        let now = Instant::now();
-        let ids = || {
-            v["data"]["changeIds"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|x| x.as_str().map(str::to_owned))
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default()
-        };
-        match v["type"].as_str().unwrap_or("") {
-            "wfm.schedule.import.completed" => {
-                let ids = ids();
-                summary.imports_completed += 1;
-                summary.completed_changes += ids.len();
-                settled += ids.len();
-                for id in ids {
-                    if let Some(at) = published_at.get(&id) {
-                        summary
-                            .latencies_ms
-                            .push(now.duration_since(*at).as_millis() as u64);
-                    }
-                }
-            }
-            "wfm.schedule.import.failed" => {
-                let ids = ids();
-                summary.imports_failed += 1;
-                summary.failed_changes += ids.len();
-                settled += ids.len();
-            }
-            "wfm.schedule.change.rejected" => {
-                let code = v["data"]["errors"][0]["code"]
-                    .as_str()
-                    .unwrap_or("?")
-                    .to_owned();
-                *summary.rejected.entry(code).or_default() += 1;
-                settled += 1;
-            }
-            _ => {}
-        }
-        bar.set_position(settled as u64);
-        bar.set_message(format!(
-            "({} imports, {} rejected)",
-            summary.imports_completed,
-            summary.rejected.values().sum::<usize>()
-        ));
+    if let Err(settled) = tally(&mut events, &mut sent, &bar, &mut summary, deadline).await {
+        worker.shutdown();
+        let _ = worker.wait().await;
+        return Err(DemoError::Timeout(args.timeout_s, settled, total));
     }
     bar.finish();
     if let Ok(Err(e)) = publish_task.await {
@@ -281,6 +241,100 @@ pub async fn run_demo(
     cleanup(&conn, &settings.amqp, &tap_queue).await;
     sim.shutdown().await;
     Ok(summary)
+}
+
+/// Counts the worker's events until every published change has settled;
+/// at the deadline, or when the tap ends, how many had (`Err`).
+async fn tally(
+    events: &mut lapin::Consumer,
+    sent: &mut Sent,
+    bar: &ProgressBar,
+    summary: &mut Summary,
+    deadline: Instant,
+) -> Result<(), usize> {
+    let mut published_at: HashMap<String, Instant> = HashMap::new();
+    let mut settled = 0usize;
+    while settled < summary.published {
+        let event = tokio::time::timeout_at(deadline, events.next()).await;
+        while let Ok((id, at)) = sent.try_recv() {
+            if let Some(id) = id {
+                published_at.insert(id, at);
+            }
+        }
+        let Ok(Some(Ok(delivery))) = event else {
+            return Err(settled);
+        };
+        let Ok(v) = serde_json::from_slice::<Value>(&delivery.data) else {
+            continue;
+        };
+        settled += summary.record(&v, &published_at, Instant::now());
+        bar.set_position(settled as u64);
+        bar.set_message(format!(
+            "({} imports, {} rejected)",
+            summary.imports_completed,
+            summary.rejected.values().sum::<usize>()
+        ));
+    }
+    Ok(())
+}
+
+/// The demo's own topology names, the in-process simulator as CXone, and
+/// a local HTTP port of the system's choosing.
+fn point_at_simulator(settings: &mut Settings, sim: &SimServer, prefix: &str, secret: &str) {
+    rename_topology(&mut settings.amqp, prefix);
+    settings.cxone.base_url = sim.base_url();
+    settings.cxone.auth_url = sim.base_url();
+    settings.cxone.client_id = "sim-client".into();
+    settings.cxone.client_secret = "sim-secret".to_owned().into();
+    settings.cxone.webhook_secret = secret.to_owned().into();
+    settings.http.listen = ([127, 0, 0, 1], 0).into();
+    settings.worker.instance_id = prefix.to_owned();
+}
+
+fn progress_bar(total: usize, visible: bool) -> ProgressBar {
+    let bar = if visible {
+        ProgressBar::new(total as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} changes settled {msg}")
+            .expect("static template"),
+    );
+    bar
+}
+
+/// When each change left: its `changeId` (if it has one) and the instant.
+type Sent = tokio::sync::mpsc::UnboundedReceiver<(Option<String>, Instant)>;
+
+type PublishTask = tokio::task::JoinHandle<Result<(), super::publish::PublishError>>;
+
+/// Publishing runs beside the event loop and reports when each change left.
+async fn spawn_publisher(
+    conn: &Connection,
+    exchange: String,
+    bodies: Vec<Vec<u8>>,
+    rate: f64,
+) -> Result<(PublishTask, Sent), DemoError> {
+    let publish_ch = conn.create_channel().await?;
+    publish_ch
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let (sent_tx, sent) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        let hidden = ProgressBar::hidden();
+        let mut ticker =
+            (rate > 0.0).then(|| tokio::time::interval(Duration::from_secs_f64(1.0 / rate)));
+        for body in bodies {
+            if let Some(t) = ticker.as_mut() {
+                t.tick().await;
+            }
+            let _ = sent_tx.send((change_id(&body), Instant::now()));
+            publish_all(&publish_ch, &exchange, &[&body], 0.0, &hidden).await?;
+        }
+        Ok::<(), super::publish::PublishError>(())
+    });
+    Ok((task, sent))
 }
 
 fn change_id(change: &[u8]) -> Option<String> {

@@ -77,7 +77,7 @@ fn short(s: &str) -> String {
     s[..end].to_owned()
 }
 
-pub async fn run(args: PublishArgs, settings: &Settings) -> anyhow::Result<()> {
+pub async fn run(args: PublishArgs, settings: &Settings) -> Result<(), PublishError> {
     let mut contents = Vec::new();
     for path in &args.files {
         let bytes = std::fs::read(path).map_err(|source| PublishError::Read {

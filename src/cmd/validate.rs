@@ -5,10 +5,11 @@
 //! here is the one the worker would use for the same bytes sent by `publish`
 //! (which splits files with [`split_changes`] too).
 
-use std::{io::Write, path::PathBuf};
+use std::{borrow::Cow, io::Write, path::PathBuf};
 
 use serde::Serialize;
 use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
 
 use crate::config::Settings;
 use crate::domain::{MessageMeta, ValidationError, parse_change};
@@ -133,32 +134,34 @@ pub fn split_changes(content: &[u8]) -> Vec<&[u8]> {
 
 /// The raw bytes of each element of a (syntactically valid) JSON array.
 fn array_elements(array: &[u8]) -> Option<Vec<&[u8]>> {
-    let mut elements = Vec::new();
-    let mut pos = 1; // past '['
-    loop {
-        pos += count_blank(array.get(pos..)?);
-        match array.get(pos)? {
-            b']' => return Some(elements),
-            b',' => {
-                pos += 1;
-                continue;
-            }
-            _ => {}
-        }
-        let rest = array.get(pos..)?;
-        let mut stream = serde_json::Deserializer::from_slice(rest).into_iter::<IgnoredAny>();
-        stream.next()?.ok()?;
-        let len = stream.byte_offset();
-        elements.push(rest.get(..len)?);
-        pos += len;
-    }
+    let text = utf8_stand_in(array);
+    let elements: Vec<&RawValue> = serde_json::from_str(&text).ok()?;
+    let base = text.as_ptr() as usize;
+    elements
+        .iter()
+        .map(|element| {
+            let start = element.get().as_ptr() as usize - base;
+            array.get(start..start + element.get().len())
+        })
+        .collect()
 }
 
-fn count_blank(bytes: &[u8]) -> usize {
-    bytes
-        .iter()
-        .take_while(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
-        .count()
+/// The bytes as text of the same length: invalid UTF-8 (which a valid JSON
+/// document can hold only inside strings, and which the change's own
+/// validation reports) becomes `?`, so every element keeps its byte range.
+fn utf8_stand_in(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => Cow::Owned(
+            bytes
+                .utf8_chunks()
+                .flat_map(|chunk| {
+                    let stand_in = std::iter::repeat_n('?', chunk.invalid().len());
+                    chunk.valid().chars().chain(stand_in)
+                })
+                .collect(),
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -185,6 +188,15 @@ mod tests {
             vec!["{\"a\": 1}", "{\"b\":[1, 2]}", "3", "\"x\""]
         );
         assert!(split("[]").is_empty());
+    }
+
+    #[test]
+    fn array_elements_with_invalid_utf8_keep_their_exact_bytes() {
+        let content = b"[{\"a\": \"\xff\"}, {\"b\": 2}]";
+        assert_eq!(
+            split_changes(content),
+            vec![&b"{\"a\": \"\xff\"}"[..], &b"{\"b\": 2}"[..]]
+        );
     }
 
     #[test]

@@ -80,33 +80,18 @@ impl CxoneClient {
             .pool_idle_timeout(Duration::from_secs(90));
         // 0 (only reachable when settings are built in code) means "no
         // timeout"; config validation requires positive values.
-        if cfg.request_timeout_ms > 0 {
-            b = b.timeout(Duration::from_millis(cfg.request_timeout_ms));
+        if !cfg.request_timeout.is_zero() {
+            b = b.timeout(cfg.request_timeout);
         }
-        if cfg.connect_timeout_ms > 0 {
-            b = b.connect_timeout(Duration::from_millis(cfg.connect_timeout_ms));
+        if !cfg.connect_timeout.is_zero() {
+            b = b.connect_timeout(cfg.connect_timeout);
         }
-        if !cfg.ca_file.is_empty() {
-            // Extra roots on top of the platform's trust store.
-            let ca_error = |message: String| CxoneError::Permanent {
-                endpoint: "client",
-                status: None,
-                message: format!("cxone.ca_file: {message}"),
-                body: None,
-            };
-            let (_, ders) = crate::config::load_ca_pem(&cfg.ca_file).map_err(ca_error)?;
-            let certs = ders
-                .iter()
-                .map(|der| reqwest::Certificate::from_der(der))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| {
-                    ca_error(format!(
-                        "{:?} holds a certificate that cannot be used ({e}); give the CA certificate(s) in PEM",
-                        cfg.ca_file
-                    ))
-                })?;
-            b = b.tls_certs_merge(certs);
-        }
+        b = crate::tls::add_ca_file(b, &cfg.ca_file).map_err(|e| CxoneError::Permanent {
+            endpoint: "client",
+            status: None,
+            message: format!("cxone.ca_file: {e}"),
+            body: None,
+        })?;
         let http = b.build().map_err(|e| CxoneError::Permanent {
             endpoint: "client",
             status: None,
@@ -318,36 +303,7 @@ impl CxoneClient {
         let mut attempts: u32 = 0;
         let mut reauthenticated = false;
         loop {
-            let step = match inner.tokens.get().await {
-                Err(e) => Attempt::Failed(e),
-                Ok(token) => {
-                    // Polls give way to submissions under a known rate limit.
-                    let priority = if endpoint == JOB {
-                        Priority::Poll
-                    } else {
-                        Priority::Submit
-                    };
-                    inner.pacer.admit(priority).await;
-                    attempts += 1;
-                    match transport::send(endpoint, build(token.bearer())).await {
-                        Err(e) => Attempt::Failed(e),
-                        Ok(resp) if resp.status == StatusCode::UNAUTHORIZED => {
-                            Attempt::Unauthorized(token)
-                        }
-                        Ok(resp) => {
-                            if resp.status == StatusCode::TOO_MANY_REQUESTS
-                                && let Some(ra) = resp.retry_after()
-                            {
-                                inner.pacer.hold_off(ra);
-                            }
-                            match parse(&resp) {
-                                Ok(v) => Attempt::Done(v),
-                                Err(e) => Attempt::Failed(e),
-                            }
-                        }
-                    }
-                }
-            };
+            let step = self.attempt(endpoint, &build, &parse, &mut attempts).await;
             let err = match step {
                 Attempt::Done(v) => return Ok((v, attempts)),
                 Attempt::Unauthorized(token) if !reauthenticated => {
@@ -393,6 +349,47 @@ impl CxoneClient {
                 "transient CXone failure; retrying"
             );
             tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// One try: a token, a place in the pace, one HTTP exchange (counted in
+    /// `attempts`), and what it came to. A 429's `Retry-After` holds every
+    /// request of this client off.
+    async fn attempt<T>(
+        &self,
+        endpoint: &'static str,
+        build: &impl Fn(&str) -> reqwest::RequestBuilder,
+        parse: &impl Fn(&Response) -> Result<T, CxoneError>,
+        attempts: &mut u32,
+    ) -> Attempt<T> {
+        let inner = &*self.inner;
+        let token = match inner.tokens.get().await {
+            Ok(token) => token,
+            Err(e) => return Attempt::Failed(e),
+        };
+        // Polls give way to submissions under a known rate limit.
+        let priority = if endpoint == JOB {
+            Priority::Poll
+        } else {
+            Priority::Submit
+        };
+        inner.pacer.admit(priority).await;
+        *attempts += 1;
+        let resp = match transport::send(endpoint, build(token.bearer())).await {
+            Ok(resp) => resp,
+            Err(e) => return Attempt::Failed(e),
+        };
+        if resp.status == StatusCode::UNAUTHORIZED {
+            return Attempt::Unauthorized(token);
+        }
+        if resp.status == StatusCode::TOO_MANY_REQUESTS
+            && let Some(ra) = resp.retry_after()
+        {
+            inner.pacer.hold_off(ra);
+        }
+        match parse(&resp) {
+            Ok(v) => Attempt::Done(v),
+            Err(e) => Attempt::Failed(e),
         }
     }
 }

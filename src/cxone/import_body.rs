@@ -214,7 +214,7 @@ mod tests {
     /// serialised, and are copied only when the body holds them exactly so.
     #[test]
     fn entries_are_copied_from_bodies_that_hold_them_as_serialised() {
-        let limits = crate::config::Limits::default();
+        let limits = crate::domain::Limits::default();
         let meta = crate::domain::MessageMeta::default();
         let parse = |body: &str| {
             crate::domain::parse_change(body.as_bytes(), &meta, &limits, ValidationMode::Strict)

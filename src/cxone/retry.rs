@@ -22,9 +22,9 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     pub fn from_settings(s: &RetrySettings) -> Self {
         RetryPolicy {
-            base: Duration::from_millis(s.base_ms.max(1)),
-            cap: Duration::from_millis(s.cap_ms.max(s.base_ms).max(1)),
-            max_elapsed: Duration::from_secs(s.max_elapsed_s),
+            base: s.base.max(Duration::from_millis(1)),
+            cap: s.cap.max(s.base).max(Duration::from_millis(1)),
+            max_elapsed: s.max_elapsed,
         }
     }
 

@@ -115,7 +115,7 @@ impl TokenCache {
                 access_key_secret: cfg.access_key_secret.clone(),
                 scope: cfg.scope.clone(),
             },
-            margin: Duration::from_secs(cfg.token_refresh_margin_s),
+            margin: cfg.token_refresh_margin,
             current: RwLock::new(None),
             refresh: tokio::sync::Mutex::new(()),
             fetches: AtomicU64::new(0),

@@ -4,12 +4,14 @@
 //! (with its capacity and the instants of its entries, ready to batch) or a
 //! [`Rejection`] listing every error found. Nothing downstream re-checks.
 
+mod limits;
 mod model;
 mod raw;
 mod sweep;
 mod time;
 mod validate;
 
+pub use limits::Limits;
 pub use model::*;
 pub use validate::{
     MAX_ERRORS, MAX_ID_CHARS, MessageMeta, is_json_content_type, parse_change, validate_import,

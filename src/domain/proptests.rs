@@ -7,8 +7,8 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use serde_json::{Value, json};
 
+use super::Limits;
 use super::*;
-use crate::config::Limits;
 
 const KEYS: &[&str] = &[
     "schemaVersion",

@@ -2,8 +2,8 @@
 
 use serde_json::{Value, json};
 
+use super::Limits;
 use super::*;
-use crate::config::Limits;
 
 fn limits() -> Limits {
     Limits::default()

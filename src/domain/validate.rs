@@ -9,6 +9,7 @@
 
 use sha2::{Digest, Sha256};
 
+use super::limits::Limits;
 use super::model::*;
 use super::raw::{
     self, Doc, Item, Kind, List, RawBreak, RawEntry, RawOverride, RawTop, Root, Scalar, Shape,
@@ -16,7 +17,6 @@ use super::raw::{
 };
 use super::sweep;
 use super::time::{self, EXPECTED_FORMAT, MICROS_PER_MINUTE};
-use crate::config::Limits;
 
 /// AMQP properties validation depends on.
 #[derive(Clone, Copy, Debug, Default)]
@@ -35,6 +35,76 @@ pub fn parse_change(
     limits: &Limits,
     default_mode: ValidationMode,
 ) -> Result<ValidChange, Rejection> {
+    check_envelope(body, meta, limits)?;
+    let doc = match read_doc(body, Shape::Change, limits.max_entries_per_change) {
+        Ok(doc) => doc,
+        Err(e) => return Err(reject(body, meta, None, None, Errors(vec![e]))),
+    };
+    let top = match &doc.root {
+        Root::Object(top) => top,
+        Root::NotObject(kind) => {
+            let e = not_object(kind);
+            return Err(reject(body, meta, None, None, Errors(vec![e])));
+        }
+    };
+
+    let mut errs = Errors::default();
+    let schema_ok = check_schema_version(&top.schema_version, &mut errs);
+    let change_id = check_change_id(&top.change_id, &mut errs);
+    let calendar_id = check_calendar_id(&top.calendar_id, "/calendarId", "calendarId", &mut errs);
+    if !schema_ok {
+        // Every other rule is a rule of schema version 1: checking a
+        // different version against them would only produce noise.
+        errs.0
+            .retain(|e| e.code == ErrorCode::UnsupportedSchemaVersion);
+        return Err(reject(body, meta, change_id, calendar_id, errs));
+    }
+    let fields = check_change_fields(top, default_mode, &mut errs);
+    let outcome = check_entry_list(
+        &doc,
+        top,
+        "/entries",
+        "entries",
+        Some(limits.max_entries_per_change),
+        limits,
+        &mut errs,
+    );
+    let capacity = outcome.as_ref().and_then(|o| o.capacity_minutes());
+    check_capacity(fields.minimum, capacity, &mut errs);
+    let (Some(calendar_id), Some(outcome), Some(capacity_minutes), true) =
+        (calendar_id, outcome, capacity, errs.0.is_empty())
+    else {
+        if errs.0.is_empty() {
+            // Unreachable by construction (a missing piece always records
+            // an error); kept so a future rule bug rejects rather than panics.
+            errs.push(
+                ErrorCode::InvalidJson,
+                String::new(),
+                "the change could not be validated".to_owned(),
+            );
+        }
+        return Err(reject(body, meta, change_id, calendar_id, errs));
+    };
+    let (entries, spans) = build_entries(&doc, &outcome);
+    Ok(ValidChange {
+        change_id: change_id
+            .map(str::to_owned)
+            .unwrap_or_else(|| fallback_id(body, meta)),
+        calendar_id: calendar_id.to_owned(),
+        validation_mode: fields.mode,
+        conflict_resolution: fields.resolution.unwrap_or(ConflictResolution::AutoResolve),
+        entries,
+        spans,
+        capacity_minutes,
+        occurred_at: fields.occurred_at.map(str::to_owned),
+        source: fields.source.map(str::to_owned),
+    })
+}
+
+/// The message before its body: the size and the declared content type.
+/// The body is not read at all when it is too large (bounded work) or
+/// declared to be something other than JSON (reading it would be a guess).
+fn check_envelope(body: &[u8], meta: &MessageMeta<'_>, limits: &Limits) -> Result<(), Rejection> {
     let mut errs = Errors::default();
     if body.len() > limits.max_message_bytes {
         errs.push(
@@ -59,56 +129,15 @@ pub fn parse_change(
             );
         }
     }
-    // The body is not read at all when it is too large (bounded work) or
-    // declared to be something other than JSON (reading it would be a guess).
-    if !errs.0.is_empty() {
-        return Err(reject(body, meta, None, None, errs));
+    if errs.0.is_empty() {
+        Ok(())
+    } else {
+        Err(reject(body, meta, None, None, errs))
     }
+}
 
-    let doc = match read_doc(body, Shape::Change, limits.max_entries_per_change) {
-        Ok(doc) => doc,
-        Err(e) => return Err(reject(body, meta, None, None, Errors(vec![e]))),
-    };
-    let top = match &doc.root {
-        Root::Object(top) => top,
-        Root::NotObject(kind) => {
-            let e = not_object(kind);
-            return Err(reject(body, meta, None, None, Errors(vec![e])));
-        }
-    };
-
-    let schema_ok = check_schema_version(&top.schema_version, &mut errs);
-    let change_id = check_change_id(&top.change_id, &mut errs);
-    let calendar_id = check_calendar_id(&top.calendar_id, "/calendarId", "calendarId", &mut errs);
-    if !schema_ok {
-        // Every other rule is a rule of schema version 1: checking a
-        // different version against them would only produce noise.
-        errs.0
-            .retain(|e| e.code == ErrorCode::UnsupportedSchemaVersion);
-        return Err(reject(body, meta, change_id, calendar_id, errs));
-    }
-    let occurred_at = check_occurred_at(&top.occurred_at, &mut errs);
-    let source = check_optional_string(&top.source, || "/source".to_owned(), "source", &mut errs);
-    let mode = check_mode(&top.validation_mode, "/validationMode", false, &mut errs)
-        .unwrap_or(default_mode);
-    let resolution = check_resolution(
-        &top.conflict_resolution,
-        "/conflictResolution",
-        false,
-        &mut errs,
-    );
-    let minimum = check_minimum_capacity(&top.minimum_capacity_minutes, &mut errs);
-
-    let outcome = check_entry_list(
-        &doc,
-        top,
-        "/entries",
-        "entries",
-        Some(limits.max_entries_per_change),
-        limits,
-        &mut errs,
-    );
-    let capacity = outcome.as_ref().and_then(|o| o.capacity_minutes());
+/// The change's capacity against its `minimumCapacityMinutes`, when both are known.
+fn check_capacity(minimum: Option<u64>, capacity: Option<u64>, errs: &mut Errors) {
     if let (Some(min), Some(cap)) = (minimum, capacity) {
         if cap < min {
             errs.push(
@@ -120,37 +149,29 @@ pub fn parse_change(
             );
         }
     }
+}
 
-    match (errs.0.is_empty(), change_id, calendar_id, outcome, capacity) {
-        (true, change_id, Some(calendar_id), Some(outcome), Some(capacity_minutes)) => {
-            let (entries, spans) = build_entries(&doc, &outcome);
-            Ok(ValidChange {
-                change_id: change_id
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| fallback_id(body, meta)),
-                calendar_id: calendar_id.to_owned(),
-                validation_mode: mode,
-                conflict_resolution: resolution.unwrap_or(ConflictResolution::AutoResolve),
-                entries,
-                spans,
-                capacity_minutes,
-                occurred_at: occurred_at.map(str::to_owned),
-                source: source.map(str::to_owned),
-            })
-        }
-        _ => {
-            if errs.0.is_empty() {
-                // Unreachable by construction (a missing piece always
-                // records an error); kept so a future rule bug rejects
-                // rather than panics.
-                errs.push(
-                    ErrorCode::InvalidJson,
-                    String::new(),
-                    "the change could not be validated".to_owned(),
-                );
-            }
-            Err(reject(body, meta, change_id, calendar_id, errs))
-        }
+/// A change's optional top-level fields, checked.
+struct ChangeFields<'a> {
+    occurred_at: Option<&'a str>,
+    source: Option<&'a str>,
+    mode: ValidationMode,
+    resolution: Option<ConflictResolution>,
+    minimum: Option<u64>,
+}
+
+fn check_change_fields<'a>(
+    top: &'a RawTop<'_>,
+    default_mode: ValidationMode,
+    errs: &mut Errors,
+) -> ChangeFields<'a> {
+    ChangeFields {
+        occurred_at: check_occurred_at(&top.occurred_at, errs),
+        source: check_optional_string(&top.source, || "/source".to_owned(), "source", errs),
+        mode: check_mode(&top.validation_mode, "/validationMode", false, errs)
+            .unwrap_or(default_mode),
+        resolution: check_resolution(&top.conflict_resolution, "/conflictResolution", false, errs),
+        minimum: check_minimum_capacity(&top.minimum_capacity_minutes, errs),
     }
 }
 
@@ -825,6 +846,23 @@ fn sub_items<'d, T>(
     }
 }
 
+/// Where a break or an override sits, for its error paths.
+#[derive(Clone, Copy)]
+struct At<'p> {
+    prefix: &'p str,
+    /// The entry's index.
+    i: usize,
+    list: &'static str,
+    /// The item's index in its list.
+    j: usize,
+}
+
+impl At<'_> {
+    fn path(&self, field: &str) -> String {
+        item_path(self.prefix, self.i, self.list, self.j, field)
+    }
+}
+
 fn check_breaks(
     doc: &Doc<'_>,
     e: &RawEntry<'_>,
@@ -839,78 +877,20 @@ fn check_breaks(
         if errs.is_full() {
             return;
         }
-        let b: &RawBreak<'_> = match item {
-            Item::Obj(b) => b,
-            Item::Wrong(kind) => {
-                errs.push(
-                    ErrorCode::InvalidField,
-                    item_path(prefix, i, "breaks", j, ""),
-                    format!("break {j} is {}; expected an object", kind.described()),
-                );
-                continue;
-            }
+        let at = At {
+            prefix,
+            i,
+            list: "breaks",
+            j,
         };
-        let offset = check_minutes(
-            &b.start_offset_minutes,
-            || item_path(prefix, i, "breaks", j, "/startOffsetMinutes"),
-            "startOffsetMinutes",
-            errs,
-        );
-        let duration = check_minutes(
-            &b.duration_minutes,
-            || item_path(prefix, i, "breaks", j, "/durationMinutes"),
-            "durationMinutes",
-            errs,
-        )
-        .filter(|&d| {
-            if d < 1 {
-                errs.push(
-                    ErrorCode::InvalidField,
-                    item_path(prefix, i, "breaks", j, "/durationMinutes"),
-                    format!("durationMinutes {d} is too small; expected an integer of at least 1"),
-                );
-            }
-            d >= 1
-        });
-        if let Some(off) = offset.filter(|&off| off < 0) {
-            errs.push(
-                ErrorCode::BreakOutsideShift,
-                item_path(prefix, i, "breaks", j, ""),
-                format!(
-                    "break {j} starts {} minutes before the shift; expected startOffsetMinutes of at least 0",
-                    i128::from(off).unsigned_abs()
-                ),
-            );
+        match item {
+            Item::Obj(b) => check_break(b, at, shift, scratch, errs),
+            Item::Wrong(kind) => errs.push(
+                ErrorCode::InvalidField,
+                at.path(""),
+                format!("break {j} is {}; expected an object", kind.described()),
+            ),
         }
-        let (Some(off), Some(dur)) = (offset, duration) else {
-            continue;
-        };
-        let end_minute = i128::from(off) + i128::from(dur);
-        if let (Some((s, en)), true) = (shift, off >= 0) {
-            let end_us = i128::from(s) + end_minute * i128::from(MICROS_PER_MINUTE);
-            if end_us > i128::from(en) {
-                errs.push(
-                    ErrorCode::BreakOutsideShift,
-                    item_path(prefix, i, "breaks", j, ""),
-                    format!(
-                        "break {j} ends {end_minute} minutes after the shift starts (offset {off} + duration {dur}), past the shift's end at {} minutes",
-                        minutes_text(i128::from(en) - i128::from(s))
-                    ),
-                );
-            } else {
-                // Inside the shift, so the µs values fit in i64.
-                let start_us = i128::from(s) + i128::from(off) * i128::from(MICROS_PER_MINUTE);
-                if let (Ok(a), Ok(b)) = (i64::try_from(start_us), i64::try_from(end_us)) {
-                    scratch.unavailable.push((a, b));
-                }
-            }
-        }
-        scratch.breaks.push(sweep::Interval {
-            key: (),
-            start: off,
-            end: off.saturating_add(dur),
-            index: j,
-        });
     }
     for (later, earlier) in sweep::overlaps(&mut scratch.breaks) {
         let (Some(a), Some(b)) = (minute_range(items, later), minute_range(items, earlier)) else {
@@ -925,6 +905,79 @@ fn check_breaks(
             ),
         );
     }
+}
+
+/// One break: its minutes, its place in the shift; a break with both
+/// minutes joins the overlap sweep, one inside the shift the capacity.
+fn check_break(
+    b: &RawBreak<'_>,
+    at: At<'_>,
+    shift: Option<(i64, i64)>,
+    scratch: &mut Scratch,
+    errs: &mut Errors,
+) {
+    let j = at.j;
+    let offset = check_minutes(
+        &b.start_offset_minutes,
+        || at.path("/startOffsetMinutes"),
+        "startOffsetMinutes",
+        errs,
+    );
+    let duration = check_minutes(
+        &b.duration_minutes,
+        || at.path("/durationMinutes"),
+        "durationMinutes",
+        errs,
+    )
+    .filter(|&d| {
+        if d < 1 {
+            errs.push(
+                ErrorCode::InvalidField,
+                at.path("/durationMinutes"),
+                format!("durationMinutes {d} is too small; expected an integer of at least 1"),
+            );
+        }
+        d >= 1
+    });
+    if let Some(off) = offset.filter(|&off| off < 0) {
+        errs.push(
+            ErrorCode::BreakOutsideShift,
+            at.path(""),
+            format!(
+                "break {j} starts {} minutes before the shift; expected startOffsetMinutes of at least 0",
+                i128::from(off).unsigned_abs()
+            ),
+        );
+    }
+    let (Some(off), Some(dur)) = (offset, duration) else {
+        return;
+    };
+    let end_minute = i128::from(off) + i128::from(dur);
+    if let (Some((s, en)), true) = (shift, off >= 0) {
+        let end_us = i128::from(s) + end_minute * i128::from(MICROS_PER_MINUTE);
+        if end_us > i128::from(en) {
+            errs.push(
+                ErrorCode::BreakOutsideShift,
+                at.path(""),
+                format!(
+                    "break {j} ends {end_minute} minutes after the shift starts (offset {off} + duration {dur}), past the shift's end at {} minutes",
+                    minutes_text(i128::from(en) - i128::from(s))
+                ),
+            );
+        } else {
+            // Inside the shift, so the µs values fit in i64.
+            let start_us = i128::from(s) + i128::from(off) * i128::from(MICROS_PER_MINUTE);
+            if let (Ok(a), Ok(b)) = (i64::try_from(start_us), i64::try_from(end_us)) {
+                scratch.unavailable.push((a, b));
+            }
+        }
+    }
+    scratch.breaks.push(sweep::Interval {
+        key: (),
+        start: off,
+        end: off.saturating_add(dur),
+        index: j,
+    });
 }
 
 fn minute_range(items: &[Item<RawBreak<'_>>], j: usize) -> Option<(i64, i128)> {
@@ -978,99 +1031,19 @@ fn check_overrides(
         if errs.is_full() {
             return;
         }
-        let o: &RawOverride<'_> = match item {
-            Item::Obj(o) => o,
-            Item::Wrong(kind) => {
-                errs.push(
-                    ErrorCode::InvalidField,
-                    item_path(prefix, i, LIST, j, ""),
-                    format!("override {j} is {}; expected an object", kind.described()),
-                );
-                continue;
-            }
+        let at = At {
+            prefix,
+            i,
+            list: LIST,
+            j,
         };
-        let kind = check_override_type(&o.kind, || item_path(prefix, i, LIST, j, "/type"), errs);
-        check_optional_string(
-            &o.reason,
-            || item_path(prefix, i, LIST, j, "/reason"),
-            "reason",
-            errs,
-        );
-
-        let window = match (o.start.is_unset(), o.end.is_unset()) {
-            (true, true) => shift,
-            (false, true) | (true, false) => {
-                let (given, missing) = if o.end.is_unset() {
-                    ("start", "end")
-                } else {
-                    ("end", "start")
-                };
-                let given_value = if o.end.is_unset() { &o.start } else { &o.end };
-                check_datetime(
-                    given_value,
-                    || item_path(prefix, i, LIST, j, &format!("/{given}")),
-                    given,
-                    errs,
-                );
-                errs.push(
-                    ErrorCode::MissingField,
-                    item_path(prefix, i, LIST, j, &format!("/{missing}")),
-                    format!(
-                        "override {j} has {given} but no {missing}; expected both (a window) or neither (the whole shift)"
-                    ),
-                );
-                None
-            }
-            (false, false) => {
-                let start = check_datetime(
-                    &o.start,
-                    || item_path(prefix, i, LIST, j, "/start"),
-                    "start",
-                    errs,
-                );
-                let end = check_datetime(
-                    &o.end,
-                    || item_path(prefix, i, LIST, j, "/end"),
-                    "end",
-                    errs,
-                );
-                match (start, end) {
-                    (Some((start_text, s)), Some((end_text, en))) if en <= s => {
-                        errs.push(
-                            ErrorCode::EndNotAfterStart,
-                            item_path(prefix, i, LIST, j, "/end"),
-                            format!("end {end_text} is not after start {start_text}"),
-                        );
-                        None
-                    }
-                    (Some((start_text, s)), Some((end_text, en))) => {
-                        if let Some((ss, se)) = shift {
-                            if s < ss || en > se {
-                                errs.push(
-                                    ErrorCode::OverrideOutsideShift,
-                                    item_path(prefix, i, LIST, j, ""),
-                                    format!(
-                                        "override {j} ({start_text} to {end_text}) is not inside its entry's shift; expected a window within startDateTime and endDateTime"
-                                    ),
-                                );
-                            }
-                        }
-                        Some((s, en))
-                    }
-                    _ => None,
-                }
-            }
-        };
-        if let (Some(kind), Some((s, en))) = (kind, window) {
-            scratch.overrides.push(sweep::Typed {
-                kind: kind as usize,
-                start: s,
-                end: en,
-                index: j,
-            });
-            if kind == OverrideType::Unavailable {
-                scratch.unavailable.push((s, en));
-            }
+        match item {
+            Item::Obj(o) => check_override(o, at, shift, scratch, errs),
+            Item::Wrong(kind) => errs.push(
+                ErrorCode::InvalidField,
+                at.path(""),
+                format!("override {j} is {}; expected an object", kind.described()),
+            ),
         }
     }
     for (later, earlier) in sweep::conflicts(&mut scratch.overrides) {
@@ -1084,6 +1057,92 @@ fn check_overrides(
             ),
         );
     }
+}
+
+/// One override: its type, reason and window; one with both joins the
+/// conflict sweep, an UNAVAILABLE one the capacity too.
+fn check_override(
+    o: &RawOverride<'_>,
+    at: At<'_>,
+    shift: Option<(i64, i64)>,
+    scratch: &mut Scratch,
+    errs: &mut Errors,
+) {
+    let kind = check_override_type(&o.kind, || at.path("/type"), errs);
+    check_optional_string(&o.reason, || at.path("/reason"), "reason", errs);
+    let window = match (o.start.is_unset(), o.end.is_unset()) {
+        (true, true) => shift,
+        (false, true) | (true, false) => {
+            check_half_window(o, at, errs);
+            None
+        }
+        (false, false) => check_window(o, at, shift, errs),
+    };
+    if let (Some(kind), Some((s, en))) = (kind, window) {
+        scratch.overrides.push(sweep::Typed {
+            kind: kind as usize,
+            start: s,
+            end: en,
+            index: at.j,
+        });
+        if kind == OverrideType::Unavailable {
+            scratch.unavailable.push((s, en));
+        }
+    }
+}
+
+/// An override with `start` or `end` but not both: the one given is
+/// checked, the other reported missing.
+fn check_half_window(o: &RawOverride<'_>, at: At<'_>, errs: &mut Errors) {
+    let j = at.j;
+    let (given, missing) = if o.end.is_unset() {
+        ("start", "end")
+    } else {
+        ("end", "start")
+    };
+    let given_value = if o.end.is_unset() { &o.start } else { &o.end };
+    check_datetime(given_value, || at.path(&format!("/{given}")), given, errs);
+    errs.push(
+        ErrorCode::MissingField,
+        at.path(&format!("/{missing}")),
+        format!(
+            "override {j} has {given} but no {missing}; expected both (a window) or neither (the whole shift)"
+        ),
+    );
+}
+
+/// An override's `start` and `end`: valid, in order and inside the shift.
+/// The window is returned when both are valid and in order.
+fn check_window(
+    o: &RawOverride<'_>,
+    at: At<'_>,
+    shift: Option<(i64, i64)>,
+    errs: &mut Errors,
+) -> Option<(i64, i64)> {
+    let j = at.j;
+    let start = check_datetime(&o.start, || at.path("/start"), "start", errs);
+    let end = check_datetime(&o.end, || at.path("/end"), "end", errs);
+    let ((start_text, s), (end_text, en)) = (start?, end?);
+    if en <= s {
+        errs.push(
+            ErrorCode::EndNotAfterStart,
+            at.path("/end"),
+            format!("end {end_text} is not after start {start_text}"),
+        );
+        return None;
+    }
+    if let Some((ss, se)) = shift {
+        if s < ss || en > se {
+            errs.push(
+                ErrorCode::OverrideOutsideShift,
+                at.path(""),
+                format!(
+                    "override {j} ({start_text} to {end_text}) is not inside its entry's shift; expected a window within startDateTime and endDateTime"
+                ),
+            );
+        }
+    }
+    Some((s, en))
 }
 
 fn override_text(items: &[Item<RawOverride<'_>>], j: usize) -> String {

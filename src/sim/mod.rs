@@ -407,7 +407,7 @@ impl SimServer {
 }
 
 /// `cxone-schedule-worker sim`: serve until SIGINT/SIGTERM.
-pub async fn run_standalone(cfg: SimConfig) -> anyhow::Result<()> {
+pub async fn run_standalone(cfg: SimConfig) -> std::io::Result<()> {
     let server = SimServer::start(cfg).await?;
     tracing::info!(
         addr = %server.addr(),

@@ -19,13 +19,12 @@ use axum::{
 use base64::Engine;
 use serde_json::json;
 
-use super::FaultsPatch;
 use super::state::{
     ALL_SCOPES, Admission, SCOPE_JOBS_READ, SCOPE_SCHEDULES_WRITE, SimState, body_hash, bump,
     scope_bit,
 };
-use crate::config::Limits;
-use crate::domain::validate_import;
+use super::{Faults, FaultsPatch};
+use crate::domain::{Limits, validate_import};
 
 /// Larger than any batch the worker sends; beyond it, 413.
 const MAX_BODY: usize = 32 * 1024 * 1024;
@@ -115,18 +114,17 @@ fn token_inner(st: &SimState, headers: &HeaderMap, body: &[u8]) -> Response {
             );
         }
     };
-    let field = |name: &str| {
-        form.iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
     let f = st.faults();
     // Client authentication: HTTP Basic, or client_id/client_secret in the form.
     let (client_id, client_secret) = match basic_auth(headers) {
         Some(pair) => pair,
         None => (
-            field("client_id").unwrap_or_default().to_owned(),
-            field("client_secret").unwrap_or_default().to_owned(),
+            form_field(&form, "client_id")
+                .unwrap_or_default()
+                .to_owned(),
+            form_field(&form, "client_secret")
+                .unwrap_or_default()
+                .to_owned(),
         ),
     };
     if client_id != f.client_id || client_secret != f.client_secret {
@@ -136,58 +134,10 @@ fn token_inner(st: &SimState, headers: &HeaderMap, body: &[u8]) -> Response {
             "unknown client or wrong client secret",
         );
     }
-    match field("grant_type") {
-        Some("client_credentials") => {}
-        Some("password") => {
-            if field("username") != Some(f.access_key_id.as_str())
-                || field("password") != Some(f.access_key_secret.as_str())
-            {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_grant",
-                    "wrong access key id or access key secret (username/password)",
-                );
-            }
-        }
-        Some(other) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "unsupported_grant_type",
-                format!(
-                    "grant_type {other:?} is not supported; use client_credentials or password"
-                ),
-            );
-        }
-        None => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "grant_type is missing",
-            );
-        }
-    }
-    let requested: Vec<&str> = field("scope")
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
-    let mut scopes = 0u8;
-    if requested.is_empty() {
-        scopes = 0b1111;
-    } else {
-        for s in &requested {
-            scopes |= scope_bit(s).unwrap_or(0);
-        }
-        if scopes == 0 {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_scope",
-                format!(
-                    "none of the requested scopes is known; known: {}",
-                    ALL_SCOPES.join(" ")
-                ),
-            );
-        }
-    }
+    let scopes = match check_grant(&form, &f).and_then(|()| requested_scopes(&form)) {
+        Ok(scopes) => scopes,
+        Err(refusal) => return refusal,
+    };
     let granted: Vec<&str> = ALL_SCOPES
         .iter()
         .filter(|s| scope_bit(s).is_some_and(|b| scopes & b != 0))
@@ -205,6 +155,68 @@ fn token_inner(st: &SimState, headers: &HeaderMap, body: &[u8]) -> Response {
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+fn form_field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    form.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// `grant_type`: client credentials, or a password grant with the access
+/// key as username and password.
+fn check_grant(form: &[(String, String)], f: &Faults) -> Result<(), Response> {
+    match form_field(form, "grant_type") {
+        Some("client_credentials") => Ok(()),
+        Some("password") => {
+            if form_field(form, "username") != Some(f.access_key_id.as_str())
+                || form_field(form, "password") != Some(f.access_key_secret.as_str())
+            {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    "wrong access key id or access key secret (username/password)",
+                ));
+            }
+            Ok(())
+        }
+        Some(other) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            format!("grant_type {other:?} is not supported; use client_credentials or password"),
+        )),
+        None => Err(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "grant_type is missing",
+        )),
+    }
+}
+
+/// The scope bits asked for: every scope when none is named, the known
+/// ones otherwise; naming only unknown scopes is refused.
+fn requested_scopes(form: &[(String, String)]) -> Result<u8, Response> {
+    let requested: Vec<&str> = form_field(form, "scope")
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    if requested.is_empty() {
+        return Ok(0b1111);
+    }
+    let scopes = requested
+        .iter()
+        .fold(0u8, |bits, s| bits | scope_bit(s).unwrap_or(0));
+    if scopes == 0 {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            format!(
+                "none of the requested scopes is known; known: {}",
+                ALL_SCOPES.join(" ")
+            ),
+        ));
+    }
+    Ok(scopes)
 }
 
 fn basic_auth(headers: &HeaderMap) -> Option<(String, String)> {

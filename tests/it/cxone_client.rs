@@ -470,9 +470,9 @@ async fn gives_up_after_the_retry_budget() {
         .mount(&server)
         .await;
     let retry = RetrySettings {
-        base_ms: 200,
-        cap_ms: 2_000,
-        max_elapsed_s: 10,
+        base: Duration::from_millis(200),
+        cap: Duration::from_millis(2_000),
+        max_elapsed: Duration::from_secs(10),
     };
     let c = client_with(&settings(&server), &retry);
     let start = Instant::now();
@@ -661,9 +661,9 @@ async fn connection_refused_is_transient() {
     cfg.base_url = format!("http://127.0.0.1:{port}");
     cfg.auth_url = cfg.base_url.clone();
     let retry = RetrySettings {
-        base_ms: 100,
-        cap_ms: 1000,
-        max_elapsed_s: 3,
+        base: Duration::from_millis(100),
+        cap: Duration::from_millis(1000),
+        max_elapsed: Duration::from_secs(3),
     };
     let err = client_with(&cfg, &retry).check_token().await.unwrap_err();
     assert!(err.is_transient(), "{err}");

@@ -10,12 +10,9 @@
 //! - whatever the worker accepts, the simulator's import validation accepts
 //!   too (the worker never sends CXone a payload CXone would refuse).
 
-use cxone_schedule_worker::{
-    config::Limits,
-    domain::{
-        ErrorCode, ImportPayload, MessageMeta, Rejection, ValidChange, ValidationMode,
-        parse_change, validate_import,
-    },
+use cxone_schedule_worker::domain::{
+    ErrorCode, ImportPayload, Limits, MessageMeta, Rejection, ValidChange, ValidationMode,
+    parse_change, validate_import,
 };
 use proptest::prelude::*;
 use serde_json::{Value, json};

@@ -8,9 +8,11 @@ use std::{
 };
 
 use cxone_schedule_worker::{
-    config::{CxoneSettings, GrantType, Limits, RetrySettings, Settings},
+    config::{CxoneSettings, GrantType, RetrySettings, Settings},
     cxone::{CxoneClient, CxoneError, Job, JobStatus},
-    domain::{ConflictResolution, ImportPayload, ScheduleEntry, ValidationMode, validate_import},
+    domain::{
+        ConflictResolution, ImportPayload, Limits, ScheduleEntry, ValidationMode, validate_import,
+    },
     sim::{ConcurrentCalendar, FaultsPatch, SimConfig, SimServer, SimStats},
 };
 use hmac::{Hmac, Mac};
@@ -38,9 +40,9 @@ fn settings(sim: &SimServer) -> CxoneSettings {
 
 fn fast_retry() -> RetrySettings {
     RetrySettings {
-        base_ms: 20,
-        cap_ms: 500,
-        max_elapsed_s: 30,
+        base: Duration::from_millis(20),
+        cap: Duration::from_millis(500),
+        max_elapsed: Duration::from_secs(30),
     }
 }
 

@@ -101,7 +101,7 @@ pub struct Batch {
 /// again, the same way, to rebuild their entries.
 #[derive(Clone)]
 pub struct ParseSettings {
-    pub limits: crate::config::Limits,
+    pub limits: crate::domain::Limits,
     pub default_mode: ValidationMode,
 }
 

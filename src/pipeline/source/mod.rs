@@ -102,8 +102,8 @@ impl Source {
             }
             let delay = amqp::reconnect_delay(
                 attempt,
-                self.cfg.amqp.reconnect_initial_ms,
-                self.cfg.amqp.reconnect_max_ms,
+                self.cfg.amqp.reconnect_initial,
+                self.cfg.amqp.reconnect_max,
             );
             attempt = attempt.saturating_add(1);
             // Not connected means not consuming: a shutdown that starts now must

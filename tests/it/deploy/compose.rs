@@ -247,9 +247,9 @@ fn compose_wires_simulator_worker_broker_and_publisher() {
                 panic!("docker-compose.yml: worker stop_grace_period {grace:?} is not like `45s`")
             });
         assert!(
-            secs > worker.shutdown.timeout_s,
+            secs > worker.shutdown.timeout.as_secs(),
             "docker-compose.yml: worker stop_grace_period {secs}s must exceed shutdown.timeout_s ({})",
-            worker.shutdown.timeout_s
+            worker.shutdown.timeout.as_secs()
         );
     }
 

@@ -303,8 +303,8 @@ fn k8s_deployment_ports_probes_and_hardening() {
         .as_u64()
         .unwrap_or(30);
     for (what, timeout) in [
-        ("the default", defaults().shutdown.timeout_s),
-        ("the ConfigMap's", s.shutdown.timeout_s),
+        ("the default", defaults().shutdown.timeout.as_secs()),
+        ("the ConfigMap's", s.shutdown.timeout.as_secs()),
     ] {
         assert!(
             grace > timeout,

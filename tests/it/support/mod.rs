@@ -113,7 +113,7 @@ pub fn env_of(s: &Settings) -> Vec<(String, String)> {
         ),
         (
             "CSW__BATCH__MAX_WAIT_MS".into(),
-            s.batch.max_wait_ms.to_string(),
+            s.batch.max_wait.as_millis().to_string(),
         ),
         (
             "CSW__BATCH__MAX_ENTRIES".into(),
@@ -121,17 +121,23 @@ pub fn env_of(s: &Settings) -> Vec<(String, String)> {
         ),
         (
             "CSW__IMPORTS__POLL_INITIAL_MS".into(),
-            s.imports.poll_initial_ms.to_string(),
+            s.imports.poll_initial.as_millis().to_string(),
         ),
         (
             "CSW__IMPORTS__POLL_MAX_MS".into(),
-            s.imports.poll_max_ms.to_string(),
+            s.imports.poll_max.as_millis().to_string(),
         ),
-        ("CSW__RETRY__BASE_MS".into(), s.retry.base_ms.to_string()),
-        ("CSW__RETRY__CAP_MS".into(), s.retry.cap_ms.to_string()),
+        (
+            "CSW__RETRY__BASE_MS".into(),
+            s.retry.base.as_millis().to_string(),
+        ),
+        (
+            "CSW__RETRY__CAP_MS".into(),
+            s.retry.cap.as_millis().to_string(),
+        ),
         (
             "CSW__SHUTDOWN__TIMEOUT_S".into(),
-            s.shutdown.timeout_s.to_string(),
+            s.shutdown.timeout.as_secs().to_string(),
         ),
         ("CXONE_BASE_URL".into(), s.cxone.base_url.clone()),
         ("CXONE_AUTH_URL".into(), s.cxone.auth_url.clone()),
