@@ -1,4 +1,4 @@
-//! `validate FILE...` (CONTRACT section 7): the worker's own checks, offline.
+//! `validate FILE...` (docs/contract.md §12): the worker's own checks, offline.
 //!
 //! Each change is validated from its exact bytes with the same
 //! [`parse_change`] the worker runs, so the `sha256-…` fallback id printed

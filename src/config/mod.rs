@@ -2,7 +2,7 @@
 //!
 //! Layers, later wins: the bundled `config/default.toml` (compiled in, so the
 //! binary runs from any directory), an optional `--config FILE`, `CSW__SECTION__KEY`
-//! environment variables, and the short aliases of CONTRACT section 7
+//! environment variables, and the short aliases of docs/contract.md §14
 //! (`AMQP_URL`, `CXONE_BASE_URL`, ...). Anything wrong stops start-up with one
 //! [`ConfigError`] line that names the key and says what is expected.
 

@@ -1,5 +1,6 @@
 //! The CXone WFM API client: token cache, pacing, retries, classification.
 
+use crate::telemetry::metrics as metric;
 use std::{fmt, sync::Arc, time::Duration};
 
 use bytes::Bytes;
@@ -340,7 +341,7 @@ impl CxoneClient {
                     last: Box::new(err),
                 });
             }
-            metrics::counter!("csw_cxone_retries_total", "endpoint" => endpoint).increment(1);
+            metrics::counter!(metric::CXONE_RETRIES_TOTAL, "endpoint" => endpoint).increment(1);
             tracing::warn!(
                 endpoint,
                 attempts,

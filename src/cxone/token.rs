@@ -14,6 +14,7 @@
 //!
 //! Time is `tokio::time::Instant`, so tests can drive expiry with the paused clock.
 
+use crate::telemetry::metrics as metric;
 use std::{
     fmt,
     sync::{
@@ -197,7 +198,7 @@ impl TokenCache {
     /// One token request.
     ///
     /// - `client_credentials`: form `grant_type, client_id, client_secret,
-    ///   scope` (CONTRACT section 6).
+    ///   scope` (docs/contract.md §6.1).
     /// - `password` (CXone back-end applications): form `grant_type=password,
     ///   username` = access key id, `password` = access key secret, `scope`;
     ///   the application's client id and secret go in HTTP Basic auth, as
@@ -222,7 +223,7 @@ impl TokenCache {
                     ("scope", c.scope.as_str()),
                 ]),
         };
-        metrics::counter!("csw_token_refreshes_total").increment(1);
+        metrics::counter!(metric::TOKEN_REFRESHES_TOTAL).increment(1);
         let resp = transport::send(ENDPOINT, req).await?;
         if !resp.status.is_success() {
             return Err(self.refused(&resp));

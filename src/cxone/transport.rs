@@ -1,6 +1,7 @@
 //! One HTTP exchange with CXone: send, time, count, and classify the outcome.
 //! No retries here; [`super::client`] decides what to do with the result.
 
+use crate::telemetry::metrics as metric;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -49,25 +50,25 @@ pub async fn send(
         })
     }
     .await;
-    metrics::histogram!("csw_cxone_request_duration_seconds", "endpoint" => endpoint)
+    metrics::histogram!(metric::CXONE_REQUEST_DURATION_SECONDS, "endpoint" => endpoint)
         .record(started.elapsed().as_secs_f64());
     match result {
         Ok(r) => {
             metrics::counter!(
-                "csw_cxone_requests_total",
+                metric::CXONE_REQUESTS_TOTAL,
                 "endpoint" => endpoint,
                 "status" => status_label(r.status),
             )
             .increment(1);
             if r.status == StatusCode::TOO_MANY_REQUESTS {
-                metrics::counter!("csw_cxone_rate_limited_total").increment(1);
+                metrics::counter!(metric::CXONE_RATE_LIMITED_TOTAL).increment(1);
             }
             Ok(r)
         }
         Err(e) => {
             let label = if e.is_timeout() { "timeout" } else { "error" };
             metrics::counter!(
-                "csw_cxone_requests_total",
+                metric::CXONE_REQUESTS_TOTAL,
                 "endpoint" => endpoint,
                 "status" => label,
             )
@@ -144,7 +145,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Whether CONTRACT section 4 calls this status transient.
+/// Whether docs/contract.md §6.4 calls this status transient.
 pub fn is_transient_status(s: StatusCode) -> bool {
     matches!(s.as_u16(), 409 | 429 | 500 | 502 | 503 | 504)
 }

@@ -1,4 +1,4 @@
-//! The CXone job webhook (CONTRACT section 6): its body and its signature.
+//! The CXone job webhook (docs/contract.md §10.2): its body and its signature.
 //! The simulator signs with [`sign`]; the worker's `/webhooks/cxone` route
 //! checks with [`verify`]. Kept here so a change in CXone's scheme touches
 //! one module.

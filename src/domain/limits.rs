@@ -1,9 +1,9 @@
-//! How much one change may hold: the limits of CONTRACT section 3, set by
+//! How much one change may hold: the limits of docs/contract.md §3.2, set by
 //! the `[limits]` section of the configuration.
 
 use serde::Deserialize;
 
-/// Validation limits of CONTRACT section 3.
+/// Validation limits of docs/contract.md §3.2.
 #[derive(Debug, Clone, Copy, Deserialize)]
 pub struct Limits {
     pub max_message_bytes: usize,

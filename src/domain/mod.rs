@@ -1,4 +1,4 @@
-//! The schedule-change model and its validation (CONTRACT section 3).
+//! The schedule-change model and its validation (docs/contract.md §3 and §4).
 //!
 //! Parse, don't validate: raw message bytes become either a [`ValidChange`]
 //! (with its capacity and the instants of its entries, ready to batch) or a

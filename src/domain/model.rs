@@ -105,7 +105,7 @@ impl Span {
     }
 }
 
-/// A change that passed every check of CONTRACT section 3.
+/// A change that passed every check of docs/contract.md §4.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ValidChange {
     /// `changeId`, else the AMQP `message_id`, else `sha256-<hex of body>`.
@@ -115,13 +115,13 @@ pub struct ValidChange {
     pub conflict_resolution: ConflictResolution,
     pub entries: Vec<ScheduleEntry>,
     pub spans: Vec<Span>,
-    /// Whole minutes, rounded down (CONTRACT section 3, "Capacity").
+    /// Whole minutes, rounded down (docs/contract.md §4, "Capacity").
     pub capacity_minutes: u64,
     pub occurred_at: Option<String>,
     pub source: Option<String>,
 }
 
-/// Every error code of CONTRACT section 3.
+/// Every error code of docs/contract.md §4.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {

@@ -1,4 +1,4 @@
-//! Every rule of CONTRACT section 3 on both sides of its boundary.
+//! Every rule of docs/contract.md §4 on both sides of its boundary.
 
 use serde_json::{Value, json};
 

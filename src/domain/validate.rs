@@ -1,4 +1,4 @@
-//! Every rule of CONTRACT section 3, shared by the worker ([`parse_change`])
+//! Every rule of docs/contract.md §4, shared by the worker ([`parse_change`])
 //! and the CXone simulator ([`validate_import`]).
 //!
 //! The body is read once into borrowed, lenient structs (`raw.rs`); the rules

@@ -1,4 +1,4 @@
-//! The CXone simulator (CONTRACT section 6): an axum server usable in process
+//! The CXone simulator (docs/contract.md §13): an axum server usable in process
 //! by tests (bind port 0, read back the address) and standalone via `sim`.
 //!
 //! - `POST /oauth/token`: `client_credentials` (client id/secret in the form

@@ -57,7 +57,7 @@ async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
         "not_found",
-        "no such endpoint; see CONTRACT section 6 for the simulator's routes",
+        "no such endpoint; see docs/contract.md §13 for the simulator's routes",
     )
 }
 
