@@ -7,6 +7,7 @@
 //! - [`partitions`]: which partitions this replica consumes.
 //! - [`relay`]: webhook notices other replicas pass on.
 
+mod fanout;
 mod intake;
 pub mod partitions;
 mod relay;

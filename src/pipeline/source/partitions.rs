@@ -27,7 +27,7 @@ use lapin::{BasicProperties, Channel, message::Delivery, options::BasicPublishOp
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
-use super::session::fanout_stream;
+use super::fanout::fanout_stream;
 use crate::{
     amqp::{AmqpError, members_exchange_name},
     config::AmqpSettings,

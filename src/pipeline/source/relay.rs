@@ -3,7 +3,7 @@
 use crate::telemetry::metrics as metric;
 use lapin::{Channel, message::Delivery};
 
-use super::session::fanout_stream;
+use super::fanout::fanout_stream;
 use crate::{
     amqp::{AmqpError, webhook_relay_exchange_name},
     config::AmqpSettings,
