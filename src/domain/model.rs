@@ -90,15 +90,15 @@ pub struct ImportPayload {
 /// for overlap checks in the batcher and AUTO_RESOLVE in the simulator.
 /// `spans[i]` belongs to `entries[i]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Span {
+pub struct AgentInterval {
     pub agent_id: String,
     pub start_ms: i64,
     pub end_ms: i64,
 }
 
-impl Span {
+impl AgentInterval {
     /// Half-open intervals: touching spans do not overlap.
-    pub fn overlaps(&self, other: &Span) -> bool {
+    pub fn overlaps(&self, other: &AgentInterval) -> bool {
         self.agent_id == other.agent_id
             && self.start_ms < other.end_ms
             && other.start_ms < self.end_ms
@@ -114,7 +114,7 @@ pub struct ValidChange {
     pub validation_mode: ValidationMode,
     pub conflict_resolution: ConflictResolution,
     pub entries: Vec<ScheduleEntry>,
-    pub spans: Vec<Span>,
+    pub spans: Vec<AgentInterval>,
     /// Whole minutes, rounded down (docs/contract.md §4, "Capacity").
     pub capacity_minutes: u64,
     pub occurred_at: Option<String>,

@@ -145,7 +145,7 @@ fn the_contract_example_is_valid_with_its_capacity() {
     );
     assert_eq!(
         c.spans,
-        vec![Span {
+        vec![AgentInterval {
             agent_id: "agent-42".into(),
             start_ms: 1_705_305_600_000,
             end_ms: 1_705_334_400_000
@@ -1367,7 +1367,7 @@ fn import_body() -> Value {
     })
 }
 
-fn import(v: &Value) -> Result<(ImportPayload, Vec<Span>), Vec<ValidationError>> {
+fn import(v: &Value) -> Result<(ImportPayload, Vec<AgentInterval>), Vec<ValidationError>> {
     validate_import(&serde_json::to_vec(v).unwrap(), &limits())
 }
 

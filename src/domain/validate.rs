@@ -185,7 +185,7 @@ fn check_change_fields<'a>(
 pub fn validate_import(
     body: &[u8],
     limits: &Limits,
-) -> Result<(ImportPayload, Vec<Span>), Vec<ValidationError>> {
+) -> Result<(ImportPayload, Vec<AgentInterval>), Vec<ValidationError>> {
     let doc = read_doc(body, Shape::Import, usize::MAX).map_err(|e| vec![e])?;
     let top = match &doc.root {
         Root::Object(top) => top,
@@ -1251,7 +1251,10 @@ fn minutes_text(us: i128) -> String {
 
 /// The owned entries as CXone will receive them, and their spans. Called
 /// only when every rule passed, so every field read here is present and valid.
-fn build_entries(doc: &Doc<'_>, outcome: &EntriesOutcome<'_>) -> (Vec<ScheduleEntry>, Vec<Span>) {
+fn build_entries(
+    doc: &Doc<'_>,
+    outcome: &EntriesOutcome<'_>,
+) -> (Vec<ScheduleEntry>, Vec<AgentInterval>) {
     let raw_entries = doc
         .arenas
         .entries
@@ -1290,7 +1293,7 @@ fn build_entries(doc: &Doc<'_>, outcome: &EntriesOutcome<'_>) -> (Vec<ScheduleEn
                 Item::Wrong(_) => None,
             })
             .collect();
-        spans.push(Span {
+        spans.push(AgentInterval {
             agent_id: agent_id.clone(),
             start_ms: start_us.div_euclid(1000),
             end_ms: end_us.div_euclid(1000),

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ConcurrentCalendar, Faults, FaultsPatch, SimStats};
 use crate::cxone::{JobStatus, webhook};
-use crate::domain::{ScheduleEntry, Span};
+use crate::domain::{AgentInterval, ScheduleEntry};
 
 pub const SCOPE_SCHEDULES_WRITE: &str = "wfm:schedules:write";
 pub const SCOPE_AGENTS_READ: &str = "wfm:agents:read";
@@ -341,7 +341,7 @@ impl SimState {
         hash: [u8; 32],
         calendar_id: &str,
         entries: Vec<ScheduleEntry>,
-        spans: Vec<Span>,
+        spans: Vec<AgentInterval>,
     ) -> Admission {
         let faults = self.faults();
         // Held across the whole accept so a key cannot start two jobs.
@@ -405,7 +405,7 @@ impl SimState {
         job_id: String,
         calendar_id: String,
         entries: Vec<ScheduleEntry>,
-        spans: Vec<Span>,
+        spans: Vec<AgentInterval>,
         duration: Duration,
     ) {
         let queued = duration / 4;
@@ -560,7 +560,7 @@ pub fn body_hash(body: &[u8]) -> [u8; 32] {
 
 /// AUTO_RESOLVE, entry by entry in payload order: drop the agent's stored
 /// shifts that overlap the entry (half-open: touching ones stay), store it.
-fn auto_resolve(cal: &mut Calendar, entries: Vec<ScheduleEntry>, spans: Vec<Span>) {
+fn auto_resolve(cal: &mut Calendar, entries: Vec<ScheduleEntry>, spans: Vec<AgentInterval>) {
     for (entry, span) in entries.into_iter().zip(spans) {
         let list = cal.roster.entry(span.agent_id).or_default();
         list.retain(|s| !(s.start_ms < span.end_ms && span.start_ms < s.end_ms));
@@ -594,7 +594,7 @@ pub fn spawn_janitor(state: Arc<SimState>) {
 mod tests {
     use super::*;
 
-    fn entry(agent: &str, start: &str, end: &str) -> (ScheduleEntry, Span) {
+    fn entry(agent: &str, start: &str, end: &str) -> (ScheduleEntry, AgentInterval) {
         let ms = |s: &str| {
             chrono::DateTime::parse_from_rfc3339(s)
                 .unwrap()
@@ -608,7 +608,7 @@ mod tests {
                 breaks: vec![],
                 availability_overrides: vec![],
             },
-            Span {
+            AgentInterval {
                 agent_id: agent.into(),
                 start_ms: ms(start),
                 end_ms: ms(end),
@@ -616,7 +616,7 @@ mod tests {
         )
     }
 
-    fn apply(cal: &mut Calendar, items: Vec<(ScheduleEntry, Span)>) {
+    fn apply(cal: &mut Calendar, items: Vec<(ScheduleEntry, AgentInterval)>) {
         let (e, s) = items.into_iter().unzip();
         auto_resolve(cal, e, s);
     }
