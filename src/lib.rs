@@ -5,7 +5,8 @@
 //!
 //! Data flows one way: consume → validate → batch → import → publish → ack.
 //!
-//! - [`config`]: typed settings, layered defaults, env overrides, validation.
+//! - [`config`]: typed settings (`mod`), layered defaults and env overrides
+//!   (`load`), checks at start (`validate`).
 //! - [`tls`]: extra CA certificates for `amqps://` and `https://`.
 //! - [`redact`]: URLs with their password masked, for logs and errors.
 //! - [`domain`]: the change model and every validation rule; capacity.
@@ -17,7 +18,8 @@
 //! - [`pipeline`]: the stages in order: `source` (consume, validate),
 //!   `batch`, `import` (with `jobs`), `settle` (publish, ack), `events`.
 //! - [`http`]: health, readiness, metrics and the CXone webhook.
-//! - [`telemetry`]: logs, traces and the metrics registry.
+//! - [`telemetry`]: logs, traces and the metrics registry; `telemetry::metrics`
+//!   names every metric once, with its help text.
 //! - [`shutdown`]: the shutdown's phases and the signals that start it.
 //! - [`app`]: wires the stages together and runs the shutdown's phases.
 //! - [`cmd`]: the CLI subcommands other than `run` (`validate`, `publish`, `demo`).
