@@ -306,3 +306,19 @@ async fn supervise(shutdown: Shutdown, stages: Stages) -> Result<(), AppError> {
         Err(e) => panic!("connection manager panicked: {e}"),
     }
 }
+
+/// The async runtime `worker.threads` asks for. One thread: everything runs on it, with no hand-offs between threads
+/// (and one malloc arena); more: a work-stealing pool.
+pub fn runtime(threads: u16) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if n > 1 {
+                b.worker_threads(usize::from(n));
+            }
+            b
+        }
+    };
+    builder.enable_all().build()
+}

@@ -95,7 +95,8 @@ fn load_settings(cli: &Cli) -> Result<Settings, ConfigError> {
 }
 
 fn run_async(command: AsyncCommand, settings: Settings) -> anyhow::Result<()> {
-    let runtime = runtime(settings.worker.threads).context("cannot start the async runtime")?;
+    let runtime =
+        app::runtime(settings.worker.threads).context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let _telemetry = telemetry::init(&settings.telemetry).context("starting telemetry")?;
         match command {
@@ -106,20 +107,4 @@ fn run_async(command: AsyncCommand, settings: Settings) -> anyhow::Result<()> {
         }
         Ok(())
     })
-}
-
-/// One thread: everything runs on it, with no hand-offs between threads
-/// (and one malloc arena); more: a work-stealing pool.
-fn runtime(threads: u16) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = match threads {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        n => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            if n > 1 {
-                b.worker_threads(usize::from(n));
-            }
-            b
-        }
-    };
-    builder.enable_all().build()
 }

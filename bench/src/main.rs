@@ -84,7 +84,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match runtime(settings.worker.threads) {
+    let runtime = match cxone_schedule_worker::app::runtime(settings.worker.threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -108,21 +108,6 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-/// This process's runtime, shaped as the worker's `worker.threads` shapes its own.
-fn runtime(threads: u16) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = match threads {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        n => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            if n > 1 {
-                b.worker_threads(usize::from(n));
-            }
-            b
-        }
-    };
-    builder.enable_all().build()
 }
 
 /// Runs the scenario and returns its report.
