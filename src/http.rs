@@ -17,6 +17,7 @@ use axum::{
     response::IntoResponse,
     routing::{get, post},
 };
+use lapin::types::{AMQPValue, FieldTable};
 use metrics_exporter_prometheus::PrometheusHandle;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
@@ -123,12 +124,13 @@ async fn webhook(
             Json(json!({"accepted": true, "used": true})),
         );
     }
-    // Another replica may follow this job: pass the notice on over the broker.
+    // Another replica may follow this job: pass the notice on over the broker,
+    // with CXone's signature so the receiver can check it came from CXone.
     // Best effort: polling remains the fallback, so a broker hiccup is no error.
+    let properties = persistent("application/json").with_headers(relay_headers(signature));
     let relayed = tokio::time::timeout(
         Duration::from_secs(2),
-        s.relay
-            .publish(&s.relay_exchange, "", &body, persistent("application/json")),
+        s.relay.publish(&s.relay_exchange, "", &body, properties),
     )
     .await
     .is_ok_and(|r| r.is_ok());
@@ -138,6 +140,18 @@ async fn webhook(
         StatusCode::ACCEPTED,
         Json(json!({"accepted": true, "used": false, "relayed": relayed})),
     )
+}
+
+/// The verified signature, carried under its HTTP header's name.
+fn relay_headers(signature: Option<&str>) -> FieldTable {
+    let mut headers = FieldTable::default();
+    if let Some(signature) = signature {
+        headers.insert(
+            webhook::SIGNATURE_HEADER.into(),
+            AMQPValue::LongString(signature.into()),
+        );
+    }
+    headers
 }
 
 fn error(status: StatusCode, message: &str) -> (StatusCode, Json<serde_json::Value>) {
