@@ -9,6 +9,7 @@ use crate::support::*;
 use cxone_schedule_worker::{
     amqp,
     cxone::{JobStatus, webhook},
+    pipeline::source::partitions::owner,
     sim::SimConfig,
 };
 use lapin::{
@@ -251,13 +252,32 @@ async fn hold_under(
             publish(ch, exchange, &body, BasicProperties::default()).await;
         }
         let c = consumers(settings).await;
+        let owned = owned(addrs).await;
         assert!(
-            c.iter().all(|&n| n == 1),
-            "a forged heartbeat moved a partition: consumers {c:?}"
+            c.iter().all(|&n| n == 1) && owned == f64::from(PARTITIONS),
+            "a forged heartbeat moved a partition: consumers {c:?}, owned by the replicas {owned}"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert_eq!(owned(addrs).await, f64::from(PARTITIONS));
+}
+
+/// A replica id that, if believed, would own at least two partitions
+/// beside `members`, so a ghost that were admitted could not go unnoticed.
+fn greedy_ghost(members: &[String]) -> String {
+    loop {
+        let ghost = unique("ghost");
+        let all: Vec<&str> = members
+            .iter()
+            .map(String::as_str)
+            .chain([ghost.as_str()])
+            .collect();
+        let taken = (0..PARTITIONS)
+            .filter(|p| owner(all.iter().copied(), *p) == Some(ghost.as_str()))
+            .count();
+        if taken >= 2 {
+            return ghost;
+        }
+    }
 }
 
 fn now_ms() -> u64 {
@@ -348,7 +368,7 @@ async fn forged_and_replayed_heartbeats_move_no_partition() {
     settled(&settings, &addrs).await;
 
     // A ghost joining and a live replica "leaving", under a guessed key.
-    let ghost = unique("ghost");
+    let ghost = greedy_ghost(&ids);
     let live = ids[0].clone();
     hold_under(&ch, &members, &settings, &addrs, || {
         let t = now_ms();
