@@ -160,3 +160,18 @@ fn error(status: StatusCode, message: &str) -> (StatusCode, Json<serde_json::Val
         Json(json!({"error": status.canonical_reason(), "message": message})),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relayed_notices_carry_the_signature_under_its_header_name() {
+        let headers = relay_headers(Some("sha256=ab"));
+        match headers.inner().get(webhook::SIGNATURE_HEADER) {
+            Some(AMQPValue::LongString(s)) => assert_eq!(s.as_bytes(), b"sha256=ab"),
+            other => panic!("no signature header: {other:?}"),
+        }
+        assert!(relay_headers(None).inner().is_empty());
+    }
+}

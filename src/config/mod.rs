@@ -448,10 +448,40 @@ mod tests {
                 ("CXONE_CLIENT_SECRET", "hunter2-client"),
                 ("CXONE_WEBHOOK_SECRET", "hunter2-hook"),
                 ("AMQP_URL", "amqp://u:hunter2-amqp@h/%2f"),
+                ("CSW_FLEET_SECRET", "hunter2-fleet"),
             ]),
         )
         .unwrap();
+        assert_eq!(s.fleet.secret(), Some("hunter2-fleet"));
         let dbg = format!("{s:?}");
         assert!(!dbg.contains("hunter2"), "{dbg}");
+    }
+
+    #[test]
+    fn partitions_need_a_fleet_secret() {
+        let err = Settings::load_from(None, &env(&[("CSW__AMQP__PARTITIONS", "4")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`fleet.secret`") && err.contains("CSW_FLEET_SECRET"),
+            "{err}"
+        );
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                ("CSW__AMQP__PARTITIONS", "4"),
+                ("CSW__FLEET__SECRET", "s3cret"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.amqp.partitions, 4);
+        assert_eq!(
+            crate::amqp::members_exchange_name(&s.amqp),
+            "wfm.schedule.control.members"
+        );
+        assert_eq!(
+            crate::amqp::webhook_relay_exchange_name(&s.amqp),
+            "wfm.schedule.control.webhook-relay"
+        );
     }
 }

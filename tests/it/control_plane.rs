@@ -65,7 +65,8 @@ fn job_of(event: &Value) -> String {
 
 /// Forged COMPLETED and FAILED notices for jobs in flight, published straight
 /// to the relay exchange (unsigned and wrongly signed), settle nothing: each
-/// import ends as CXone decided, once CXone decided.
+/// import ends as CXone decided, once CXone decided. A notice with CXone's
+/// valid signature still settles its import at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_relay_notices_settle_no_import() {
     let secret = unique("webhook-secret");
@@ -177,6 +178,50 @@ async fn forged_relay_notices_settle_no_import() {
     )
     .await;
     assert!(rejected >= 4.0, "forged notices not counted: {rejected}");
+
+    // The same notice signed with the real secret is CXone's word: it
+    // settles the import at once, while the job would still run for seconds.
+    app.publisher
+        .publish(&change(
+            "genuine",
+            "cal-2",
+            &[("a1", &at(10, 9), &at(10, 10))],
+        ))
+        .await;
+    app.collector
+        .events_until(WAIT, |e| {
+            e.iter()
+                .filter(|e| e["type"] == "wfm.schedule.import.submitted")
+                .count()
+                >= 3
+        })
+        .await;
+    let job = job_of(&app.collector.events_of("schedule.import.submitted")[2]);
+    let body = serde_json::to_vec(&json!({
+        "eventType": webhook::EVENT_IMPORT_COMPLETED,
+        "jobId": job,
+        "status": "COMPLETED",
+    }))
+    .unwrap();
+    let mut headers = FieldTable::default();
+    headers.insert(
+        webhook::SIGNATURE_HEADER.into(),
+        long_string(&webhook::sign(secret.as_bytes(), &body)),
+    );
+    publish(
+        &ch,
+        &relay,
+        &body,
+        BasicProperties::default().with_headers(headers),
+    )
+    .await;
+    app.collector
+        .wait_completed(&["genuine".into()], WAIT)
+        .await;
+    assert!(
+        app.sim.job_status(&job).is_some_and(|s| !s.is_terminal()),
+        "the signed notice should have settled the import before polling could"
+    );
     let _ = conn.close(200, "bye".into()).await;
     app.finish().await;
 }
