@@ -17,6 +17,7 @@ use axum::{
     response::IntoResponse,
     routing::{get, post},
 };
+use lapin::types::{AMQPValue, FieldTable};
 use metrics_exporter_prometheus::PrometheusHandle;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
@@ -123,12 +124,13 @@ async fn webhook(
             Json(json!({"accepted": true, "used": true})),
         );
     }
-    // Another replica may follow this job: pass the notice on over the broker.
+    // Another replica may follow this job: pass the notice on over the broker,
+    // with CXone's signature so the receiver can check it came from CXone.
     // Best effort: polling remains the fallback, so a broker hiccup is no error.
+    let properties = persistent("application/json").with_headers(relay_headers(signature));
     let relayed = tokio::time::timeout(
         Duration::from_secs(2),
-        s.relay
-            .publish(&s.relay_exchange, "", &body, persistent("application/json")),
+        s.relay.publish(&s.relay_exchange, "", &body, properties),
     )
     .await
     .is_ok_and(|r| r.is_ok());
@@ -140,9 +142,36 @@ async fn webhook(
     )
 }
 
+/// The verified signature, carried under its HTTP header's name.
+fn relay_headers(signature: Option<&str>) -> FieldTable {
+    let mut headers = FieldTable::default();
+    if let Some(signature) = signature {
+        headers.insert(
+            webhook::SIGNATURE_HEADER.into(),
+            AMQPValue::LongString(signature.into()),
+        );
+    }
+    headers
+}
+
 fn error(status: StatusCode, message: &str) -> (StatusCode, Json<serde_json::Value>) {
     (
         status,
         Json(json!({"error": status.canonical_reason(), "message": message})),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relayed_notices_carry_the_signature_under_its_header_name() {
+        let headers = relay_headers(Some("sha256=ab"));
+        match headers.inner().get(webhook::SIGNATURE_HEADER) {
+            Some(AMQPValue::LongString(s)) => assert_eq!(s.as_bytes(), b"sha256=ab"),
+            other => panic!("no signature header: {other:?}"),
+        }
+        assert!(relay_headers(None).inner().is_empty());
+    }
 }

@@ -22,15 +22,16 @@ pub fn partition_exchange_name(settings: &AmqpSettings) -> String {
     format!("{}.partitions", settings.inbound_exchange)
 }
 
-/// The fanout exchange replicas announce themselves on (partitioned mode).
+/// The fanout exchange replicas announce themselves on (partitioned mode),
+/// under the control prefix so no data binding can reach it.
 pub fn members_exchange_name(settings: &AmqpSettings) -> String {
-    format!("{}.members", settings.inbound_exchange)
+    format!("{}.members", settings.control_exchange_prefix)
 }
 
 /// The fanout exchange on which a replica passes on a CXone webhook for a job
 /// it does not follow, so the replica that does can finish the import promptly.
 pub fn webhook_relay_exchange_name(settings: &AmqpSettings) -> String {
-    format!("{}.webhook-relay", settings.events_exchange)
+    format!("{}.webhook-relay", settings.control_exchange_prefix)
 }
 
 /// Declares every exchange, queue and binding the worker relies on. Safe to
@@ -40,6 +41,7 @@ pub async fn declare_topology(ch: &Channel, s: &AmqpSettings) -> Result<Vec<Stri
     declare_dead_letters(ch, s).await?;
     declare_unrouted_events(ch, s).await?;
     declare_events(ch, s).await?;
+    declare_control(ch, s).await?;
     declare_inbound(ch, s).await
 }
 
@@ -71,22 +73,27 @@ async fn declare_unrouted_events(ch: &Channel, s: &AmqpSettings) -> Result<(), A
     bind(ch, unrouted, unrouted, "").await
 }
 
-/// The events exchange (its alternate is the unrouted exchange) and the
-/// exchange replicas relay CXone webhooks on.
+/// The events exchange (its alternate is the unrouted exchange).
 async fn declare_events(ch: &Channel, s: &AmqpSettings) -> Result<(), AmqpError> {
     let mut events_args = FieldTable::default();
     events_args.insert(
         "alternate-exchange".into(),
         long_string(&s.unrouted_events_queue),
     );
-    exchange(ch, &s.events_exchange, ExchangeKind::Topic, events_args).await?;
-    exchange(
-        ch,
-        &webhook_relay_exchange_name(s),
-        ExchangeKind::Fanout,
-        FieldTable::default(),
-    )
-    .await
+    exchange(ch, &s.events_exchange, ExchangeKind::Topic, events_args).await
+}
+
+/// The control exchanges, under `amqp.control_exchange_prefix`: the webhook
+/// relay always, the members exchange when there are partitions to share.
+async fn declare_control(ch: &Channel, s: &AmqpSettings) -> Result<(), AmqpError> {
+    let mut names = vec![webhook_relay_exchange_name(s)];
+    if s.partitions > 1 {
+        names.push(members_exchange_name(s));
+    }
+    for name in names {
+        exchange(ch, &name, ExchangeKind::Fanout, FieldTable::default()).await?;
+    }
+    Ok(())
 }
 
 /// The inbound exchange and the queues behind it: one queue, or one per
@@ -107,17 +114,10 @@ async fn declare_inbound(ch: &Channel, s: &AmqpSettings) -> Result<Vec<String>, 
     declare_partitions(ch, s).await
 }
 
-/// Partitioned mode: the members exchange, the consistent-hash exchange
-/// bound to the inbound one, and a single-active-consumer queue per
-/// partition. Returns the partition queues.
+/// Partitioned mode: the consistent-hash exchange bound to the inbound
+/// one, and a single-active-consumer queue per partition. Returns the
+/// partition queues.
 async fn declare_partitions(ch: &Channel, s: &AmqpSettings) -> Result<Vec<String>, AmqpError> {
-    exchange(
-        ch,
-        &members_exchange_name(s),
-        ExchangeKind::Fanout,
-        FieldTable::default(),
-    )
-    .await?;
     let hash = partition_exchange_name(s);
     exchange(
         ch,

@@ -28,6 +28,7 @@ pub const ENV_ALIASES: &[(&str, &str)] = &[
     ("CXONE_CLIENT_ID", "cxone.client_id"),
     ("CXONE_CLIENT_SECRET", "cxone.client_secret"),
     ("CXONE_WEBHOOK_SECRET", "cxone.webhook_secret"),
+    ("CSW_FLEET_SECRET", "fleet.secret"),
 ];
 
 /// A setting that is missing or malformed. Displayed as one line naming the key.
@@ -62,6 +63,7 @@ pub struct Settings {
     pub shutdown: ShutdownSettings,
     pub worker: WorkerSettings,
     pub telemetry: TelemetrySettings,
+    pub fleet: FleetSettings,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -107,6 +109,9 @@ pub struct AmqpSettings {
     /// CA); empty = the platform's trust store only.
     #[serde(default)]
     pub ca_file: String,
+    /// Names the exchanges replicas talk to each other on (membership,
+    /// webhook relay), apart from the data exchanges.
+    pub control_exchange_prefix: String,
 }
 
 impl fmt::Debug for AmqpSettings {
@@ -126,6 +131,7 @@ impl fmt::Debug for AmqpSettings {
             .field("ack_chunk", &self.ack_chunk)
             .field("partitions", &self.partitions)
             .field("ca_file", &self.ca_file)
+            .field("control_exchange_prefix", &self.control_exchange_prefix)
             .finish_non_exhaustive()
     }
 }
@@ -231,6 +237,22 @@ pub struct WorkerSettings {
     /// Threads of the async runtime; 0 means one per CPU core, 1 runs
     /// everything on the main thread.
     pub threads: u16,
+}
+
+/// The replicas' shared key for the control plane.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FleetSettings {
+    /// Authenticates membership heartbeats (HMAC-SHA256); required when
+    /// `amqp.partitions` > 1. `SecretString` keeps it out of Debug.
+    pub secret: SecretString,
+}
+
+impl FleetSettings {
+    /// The fleet secret, if one is configured (an empty string means none).
+    pub fn secret(&self) -> Option<&str> {
+        let s = self.secret.expose_secret();
+        (!s.is_empty()).then_some(s)
+    }
 }
 
 /// Also the values of the binary's `--log-format`.
@@ -426,10 +448,40 @@ mod tests {
                 ("CXONE_CLIENT_SECRET", "hunter2-client"),
                 ("CXONE_WEBHOOK_SECRET", "hunter2-hook"),
                 ("AMQP_URL", "amqp://u:hunter2-amqp@h/%2f"),
+                ("CSW_FLEET_SECRET", "hunter2-fleet"),
             ]),
         )
         .unwrap();
+        assert_eq!(s.fleet.secret(), Some("hunter2-fleet"));
         let dbg = format!("{s:?}");
         assert!(!dbg.contains("hunter2"), "{dbg}");
+    }
+
+    #[test]
+    fn partitions_need_a_fleet_secret() {
+        let err = Settings::load_from(None, &env(&[("CSW__AMQP__PARTITIONS", "4")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`fleet.secret`") && err.contains("CSW_FLEET_SECRET"),
+            "{err}"
+        );
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                ("CSW__AMQP__PARTITIONS", "4"),
+                ("CSW__FLEET__SECRET", "s3cret"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.amqp.partitions, 4);
+        assert_eq!(
+            crate::amqp::members_exchange_name(&s.amqp),
+            "wfm.schedule.control.members"
+        );
+        assert_eq!(
+            crate::amqp::webhook_relay_exchange_name(&s.amqp),
+            "wfm.schedule.control.webhook-relay"
+        );
     }
 }

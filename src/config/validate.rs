@@ -12,6 +12,14 @@ impl Settings {
     /// first problem reported is stable.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.amqp.validate()?;
+        if self.amqp.partitions > 1 && self.fleet.secret().is_none() {
+            return Err(ConfigError::invalid(
+                "fleet.secret",
+                "required when amqp.partitions > 1: the replicas authenticate their membership \
+                 heartbeats with it; set the same random value on every replica \
+                 (env CSW_FLEET_SECRET or CSW__FLEET__SECRET)",
+            ));
+        }
         if self.worker.threads > MAX_THREADS {
             return Err(ConfigError::invalid(
                 "worker.threads",
@@ -94,6 +102,10 @@ impl AmqpSettings {
             ("amqp.dead_letter_queue", &self.dead_letter_queue),
             ("amqp.events_exchange", &self.events_exchange),
             ("amqp.unrouted_events_queue", &self.unrouted_events_queue),
+            (
+                "amqp.control_exchange_prefix",
+                &self.control_exchange_prefix,
+            ),
         ] {
             if v.is_empty() || v.len() > 255 {
                 return Err(ConfigError::invalid(

@@ -54,6 +54,7 @@ pub const PARTITIONS_OWNED: &str = "csw_partitions_owned";
 pub const ACKS_SENT_TOTAL: &str = "csw_acks_sent_total";
 pub const ACK_PACE_CHANGES_TOTAL: &str = "csw_ack_pace_changes_total";
 pub const WEBHOOKS_TOTAL: &str = "csw_webhooks_total";
+pub const CONTROL_MESSAGES_REJECTED_TOTAL: &str = "csw_control_messages_rejected_total";
 pub const CXONE_REQUESTS_TOTAL: &str = "csw_cxone_requests_total";
 pub const CXONE_RATE_LIMITED_TOTAL: &str = "csw_cxone_rate_limited_total";
 pub const CXONE_RETRIES_TOTAL: &str = "csw_cxone_retries_total";
@@ -187,6 +188,12 @@ pub const CATALOGUE: &[MetricDef] = &[
         kind: MetricKind::Counter,
         help: "CXone webhook calls, by result.",
         labels: &["result"],
+    },
+    MetricDef {
+        name: CONTROL_MESSAGES_REJECTED_TOTAL,
+        kind: MetricKind::Counter,
+        help: "Control-plane messages ignored as unauthenticated, stale or replayed, by kind (heartbeat, webhook_relay) and reason.",
+        labels: &["kind", "reason"],
     },
     MetricDef {
         name: CXONE_REQUESTS_TOTAL,

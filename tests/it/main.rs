@@ -9,6 +9,7 @@
 
 mod support;
 
+mod control_plane;
 mod cxone_client;
 mod demo;
 mod deploy;

@@ -22,6 +22,7 @@ use cxone_schedule_worker::{
     telemetry,
 };
 use lapin::{options::*, types::FieldTable};
+use secrecy::ExposeSecret;
 use tokio::{
     io::copy_bidirectional,
     net::{TcpListener, TcpStream},
@@ -222,6 +223,7 @@ async fn secrets_never_reach_the_logs() {
     let mut secrets: Vec<(&str, &str)> = vec![
         ("client secret", &client_secret),
         ("webhook secret", &webhook_secret),
+        ("fleet secret", settings.fleet.secret.expose_secret()),
         ("AMQP password", &user.password),
     ];
     for t in &tokens {

@@ -50,6 +50,8 @@ pub struct SourceConfig {
     pub source: String,
     /// Jobs this replica follows: webhook notices relayed by other replicas land here.
     pub jobs: JobRegistry,
+    /// `fleet.secret` and `cxone.webhook_secret`: what authenticates heartbeats and relayed notices.
+    pub control: partitions::ControlKeys,
 }
 
 /// The source stage and what it feeds.

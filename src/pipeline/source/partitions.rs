@@ -16,6 +16,12 @@
 //! broker then makes the next subscriber active and redelivers the untouched
 //! rest in order. So two replicas never import one calendar at once, even
 //! while views of the membership briefly differ.
+//!
+//! Heartbeats are signed with `fleet.secret` ([`heartbeat`]): one that fails
+//! its MAC, is outside the clock window or replays an older sequence is
+//! ignored, so nobody with only broker access can add or remove a replica.
+
+mod heartbeat;
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -24,6 +30,7 @@ use std::{
 
 use futures_util::StreamExt;
 use lapin::{BasicProperties, Channel, message::Delivery, options::BasicPublishOptions};
+use secrecy::SecretString;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
@@ -31,7 +38,18 @@ use super::fanout::fanout_stream;
 use crate::{
     amqp::{AmqpError, members_exchange_name},
     config::AmqpSettings,
+    telemetry::metrics as metric,
 };
+use heartbeat::{Gate, Signer};
+
+/// What authenticates the control plane's messages: `fleet.secret` for
+/// heartbeats, `cxone.webhook_secret` for relayed webhook notices (none:
+/// relayed notices are ignored and polling settles every job).
+#[derive(Clone, Debug)]
+pub struct ControlKeys {
+    pub fleet_secret: SecretString,
+    pub webhook_secret: Option<SecretString>,
+}
 
 /// How often a replica says it is alive.
 pub const HEARTBEAT: Duration = Duration::from_millis(1000);
@@ -101,18 +119,8 @@ impl Members {
     }
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Heartbeat {
-    instance: String,
-    leaving: bool,
-}
-
-async fn send_heartbeat(ch: &Channel, exchange: &str, me: &str, leaving: bool) {
-    let body = serde_json::to_vec(&Heartbeat {
-        instance: me.to_owned(),
-        leaving,
-    })
-    .expect("heartbeat serialises");
+async fn send_heartbeat(ch: &Channel, exchange: &str, signer: &mut Signer, leaving: bool) {
+    let body = serde_json::to_vec(&signer.sign(leaving)).expect("heartbeat serialises");
     let _ = ch
         .basic_publish(
             exchange.into(),
@@ -128,7 +136,8 @@ async fn send_heartbeat(ch: &Channel, exchange: &str, me: &str, leaving: bool) {
 /// heartbeats it hears and sends, and when its partitions change.
 pub(super) struct Membership {
     members: Members,
-    me: String,
+    signer: Signer,
+    gate: Gate,
     /// Heartbeats of every replica; `None` when there is one queue (no partitions).
     notices: Option<lapin::Consumer>,
     exchange: String,
@@ -144,6 +153,7 @@ impl Membership {
         amqp: &AmqpSettings,
         me: &str,
         partitioned: bool,
+        fleet_secret: &SecretString,
     ) -> Result<Membership, AmqpError> {
         let exchange = members_exchange_name(amqp);
         let notices = if partitioned {
@@ -159,7 +169,8 @@ impl Membership {
             };
         Ok(Membership {
             members: Members::new(me),
-            me: me.to_owned(),
+            signer: Signer::new(fleet_secret.clone(), me),
+            gate: Gate::new(fleet_secret.clone()),
             notices,
             exchange,
             claim_after,
@@ -179,25 +190,40 @@ impl Membership {
         }
     }
 
+    /// A heartbeat arrived: counts only when authentic, fresh and new.
     pub(super) fn heard(&mut self, notice: &Delivery) {
-        if let Ok(hb) = serde_json::from_slice::<Heartbeat>(&notice.data) {
-            let now = Instant::now();
-            self.rebalance_due |= if hb.leaving {
-                self.members.left(&hb.instance)
-            } else {
-                self.members.heard(&hb.instance, now)
-            };
+        let now = Instant::now();
+        match self
+            .gate
+            .admit(&notice.data, now, std::time::SystemTime::now())
+        {
+            Ok(hb) => {
+                self.rebalance_due |= if hb.leaving {
+                    self.members.left(&hb.instance)
+                } else {
+                    self.members.heard(&hb.instance, now)
+                };
+            }
+            Err(reason) => {
+                metrics::counter!(
+                    metric::CONTROL_MESSAGES_REJECTED_TOTAL,
+                    "kind" => "heartbeat",
+                    "reason" => reason.as_str()
+                )
+                .increment(1);
+                tracing::debug!(reason = reason.as_str(), "heartbeat ignored");
+            }
         }
     }
 
     /// Says this replica is alive (or leaving), and forgets silent ones.
     pub(super) async fn beat(&mut self, setup: &Channel, leaving: bool) {
-        send_heartbeat(setup, &self.exchange, &self.me, leaving).await;
+        send_heartbeat(setup, &self.exchange, &mut self.signer, leaving).await;
         self.rebalance_due |= self.members.expire(Instant::now());
     }
 
-    pub(super) async fn say_leaving(&self, setup: &Channel) {
-        send_heartbeat(setup, &self.exchange, &self.me, true).await;
+    pub(super) async fn say_leaving(&mut self, setup: &Channel) {
+        send_heartbeat(setup, &self.exchange, &mut self.signer, true).await;
     }
 
     /// The queues (of `queues`) this replica should consume, when that may

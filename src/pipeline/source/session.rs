@@ -81,8 +81,14 @@ impl<'a> Session<'a> {
         let publisher = Publisher::open(&conn).await?;
         src.publisher.send_replace(Some(publisher.clone()));
         let partitioned = queues.len() > 1;
-        let membership =
-            Membership::join(&setup, &cfg.amqp, &cfg.connection_name, partitioned).await?;
+        let membership = Membership::join(
+            &setup,
+            &cfg.amqp,
+            &cfg.connection_name,
+            partitioned,
+            &cfg.control.fleet_secret,
+        )
+        .await?;
         let relay = relay::subscribe(&setup, &cfg.amqp).await?;
         let consuming = !src.shutdown.has_entered(Phase::StopConsuming);
         src.ready.store(true, Ordering::SeqCst);
@@ -128,7 +134,7 @@ impl<'a> Session<'a> {
                 },
                 relayed = self.relay.next() => match relayed {
                     Some(Ok(d)) => {
-                        relay::pass_on(&d, &self.src.cfg.jobs);
+                        relay::pass_on(&d, &self.src.cfg.jobs, self.src.cfg.control.webhook_secret.as_ref());
                         Step::Go
                     }
                     _ => Step::End(SessionEnd::Lost),

@@ -237,7 +237,12 @@ fn k8s_secrets_are_placeholders() {
     }
     let (f, _) = k.container();
     let env = k.container_env();
-    for var in ["AMQP_URL", "CXONE_CLIENT_SECRET", "CXONE_WEBHOOK_SECRET"] {
+    for var in [
+        "AMQP_URL",
+        "CXONE_CLIENT_SECRET",
+        "CXONE_WEBHOOK_SECRET",
+        "CSW_FLEET_SECRET",
+    ] {
         assert!(
             env.get(var).is_some_and(|v| v.contains("CHANGE-ME")),
             "{f}: env {var} must come from the Secret"

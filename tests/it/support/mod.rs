@@ -30,6 +30,7 @@ use cxone_schedule_worker::{
     config::Settings,
     sim::{SimConfig, SimServer},
 };
+use secrecy::ExposeSecret;
 use serde_json::json;
 
 /// A name no other test (or earlier run) uses.
@@ -61,6 +62,11 @@ pub fn settings(prefix: &str, sim_url: &str, extra: &[(&str, &str)]) -> Settings
             "CSW__AMQP__UNROUTED_EVENTS_QUEUE",
             format!("{base}.unrouted"),
         ),
+        (
+            "CSW__AMQP__CONTROL_EXCHANGE_PREFIX",
+            format!("{base}.control"),
+        ),
+        ("CSW_FLEET_SECRET", format!("{base}.fleet-secret")),
         ("CSW__WORKER__INSTANCE_ID", base.clone()),
         ("CSW__HTTP__LISTEN", "127.0.0.1:0".into()),
         ("CSW__BATCH__MAX_WAIT_MS", "150".into()),
@@ -106,6 +112,14 @@ pub fn env_of(s: &Settings) -> Vec<(String, String)> {
         (
             "CSW__AMQP__UNROUTED_EVENTS_QUEUE".into(),
             a.unrouted_events_queue.clone(),
+        ),
+        (
+            "CSW__AMQP__CONTROL_EXCHANGE_PREFIX".into(),
+            a.control_exchange_prefix.clone(),
+        ),
+        (
+            "CSW_FLEET_SECRET".into(),
+            s.fleet.secret.expose_secret().to_owned(),
         ),
         (
             "CSW__WORKER__INSTANCE_ID".into(),
