@@ -11,10 +11,7 @@ use std::{
 use futures_util::{FutureExt, StreamExt};
 use lapin::{
     Channel, Connection,
-    options::{
-        BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions,
-        QueueDeclareOptions,
-    },
+    options::{BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable, ShortString},
 };
 use tokio_stream::StreamMap;
@@ -39,7 +36,9 @@ pub(super) enum SessionEnd {
 pub(super) async fn session(src: &Source) -> Result<SessionEnd, AmqpError> {
     let mut session = Session::open(src).await?;
     let end = session.run().await;
-    if matches!(end, Ok(SessionEnd::Lost)) {
+    if !matches!(end, Ok(SessionEnd::Closed)) {
+        // Closed before the subscriptions drop: dropping a live consumer
+        // would cancel it, and a cancel hands its partition on at once.
         close_quietly(&session.conn).await;
     }
     end
@@ -223,21 +222,23 @@ impl<'a> Session<'a> {
 
     async fn stop_consuming(&mut self) {
         self.consuming = false;
-        self.subscriptions.cancel_all().await;
+        // No basic.cancel: on a single-active-consumer queue the broker
+        // activates the next consumer at a cancel, while this replica still
+        // imports what it took. Deliveries lapin buffered stay unacked
+        // until the channels close, after the drain.
+        self.subscriptions.stop_taking();
         if self.membership.partitioned() {
             self.membership.say_leaving(&self.setup).await;
         }
-        // Deliveries still buffered stay unacked; the broker requeues
-        // them when the connection closes.
         self.src.shutdown.report_consuming_stopped();
         tracing::info!("stopped consuming; draining open batches");
     }
 
     async fn close(&mut self) -> Step {
-        // Settled deliveries whose acks are still held back go out now.
-        for sub in self.subscriptions.all() {
-            let _ = sub.tracker.flush().await;
-        }
+        // Settled deliveries whose acks are still held back go out now,
+        // then each channel closes: only then does the broker hand its
+        // queue on, starting with what this replica held and did not ack.
+        self.subscriptions.close_all(&self.queues).await;
         self.src.ready.store(false, Ordering::SeqCst);
         self.src.publisher.send_replace(None);
         close_quietly(&self.conn).await;
@@ -274,27 +275,39 @@ impl Subscriptions {
         self.active.values().chain(self.releasing.values())
     }
 
-    async fn cancel_all(&mut self) {
-        for sub in self.active.values() {
-            let _ = sub
-                .channel
-                .basic_cancel(sub.consumer.tag(), BasicCancelOptions::default())
-                .await;
-        }
+    /// Stops taking deliveries from every queue. The consumers stay
+    /// registered (each [`Subscription`] keeps its own handle, so no drop
+    /// cancels one): what lapin buffered is left unacked for the broker to
+    /// return when the channels close.
+    fn stop_taking(&mut self) {
         self.streams = StreamMap::new();
     }
 
-    /// A released partition's channel closes once all it took is settled.
+    /// Acks what is settled on every channel, then closes each channel.
+    async fn close_all(&mut self, queues: &[String]) {
+        let all: Vec<(usize, Subscription)> =
+            self.active.drain().chain(self.releasing.drain()).collect();
+        self.streams = StreamMap::new();
+        for (i, sub) in all {
+            sub.hand_back("shutting down").await;
+            tracing::debug!(queue = %queues[i], "consumer channel closed");
+        }
+    }
+
+    /// A released partition's channel closes once everything taken from it
+    /// was imported, evented and acked; its settled stragglers are acked now
+    /// rather than after the straggler delay, so the hand-over is not held up.
     async fn close_released(&mut self, queues: &[String]) {
-        let done: Vec<usize> = self
-            .releasing
-            .iter()
-            .filter(|(_, sub)| sub.tracker.outstanding() == 0)
-            .map(|(i, _)| *i)
-            .collect();
+        let mut done = Vec::new();
+        for (i, sub) in &self.releasing {
+            let _ = sub.tracker.flush().await;
+            if sub.tracker.outstanding() == 0 {
+                done.push(*i);
+            }
+        }
         for i in done {
             if let Some(sub) = self.releasing.remove(&i) {
-                let _ = sub.channel.close(200, "partition handed over".into()).await;
+                sub.hand_back("partition handed over").await;
                 tracing::info!(queue = %queues[i], "released partition");
             }
         }
@@ -322,12 +335,10 @@ impl Subscriptions {
                     tracing::info!(%queue, "claimed partition");
                 }
             } else if !want && let Some(sub) = self.active.remove(&i) {
-                // Stop taking deliveries now; close the channel once settled.
+                // Stop taking deliveries now, without a basic.cancel (the
+                // broker would activate the next owner at once); the channel
+                // closes once everything taken is settled and acked.
                 self.streams.remove(&i);
-                let _ = sub
-                    .channel
-                    .basic_cancel(sub.consumer.tag(), BasicCancelOptions::default())
-                    .await;
                 self.releasing.insert(i, sub);
             }
         }
@@ -339,8 +350,34 @@ impl Subscriptions {
 /// One consumed queue (the inbound queue, or one partition) on its own channel.
 struct Subscription {
     channel: Channel,
+    /// Kept until the channel is closed: dropping the last handle of a live
+    /// lapin consumer sends a basic.cancel.
     consumer: lapin::Consumer,
     tracker: Arc<AckTracker>,
+}
+
+/// How long closing a consumer channel may take before it is given up on
+/// (the connection's close then returns its deliveries just the same).
+const CHANNEL_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Subscription {
+    /// Gives the queue back to the broker: the settled deliveries are acked,
+    /// then the channel closes (never a basic.cancel). A channel closes
+    /// only after the broker handled every frame sent on it before, acks
+    /// included; the broker then returns the unacked deliveries to the
+    /// queue's head in delivery order, and only after that activates the
+    /// next waiting consumer, which starts with them.
+    async fn hand_back(self, reason: &str) {
+        let _ = self.tracker.flush().await;
+        if self.channel.status().connected() {
+            let _ = tokio::time::timeout(
+                CHANNEL_CLOSE_TIMEOUT,
+                self.channel.close(200, reason.into()),
+            )
+            .await;
+        }
+        drop(self.consumer);
+    }
 }
 
 async fn subscribe(
