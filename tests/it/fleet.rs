@@ -54,16 +54,20 @@ impl Fleet {
 
     /// Starts a replica process in slot `slot` (a new slot past the end).
     fn spawn(&mut self, slot: usize) {
+        self.spawn_with(slot, &[]);
+    }
+
+    /// [`Fleet::spawn`] with more environment.
+    fn spawn_with(&mut self, slot: usize, extra: &[(&str, String)]) {
         let id = format!("{}-p{}", self.settings.worker.instance_id, self.started);
         self.started += 1;
-        let env = worker_env(
-            &self.settings,
-            &[
-                ("CSW__WORKER__INSTANCE_ID", id.clone()),
-                ("CSW__AMQP__PARTITIONS", PARTITIONS.into()),
-                ("CSW__IMPORTS__MAX_CONCURRENT", "8".into()),
-            ],
-        );
+        let mut env = vec![
+            ("CSW__WORKER__INSTANCE_ID", id.clone()),
+            ("CSW__AMQP__PARTITIONS", PARTITIONS.into()),
+            ("CSW__IMPORTS__MAX_CONCURRENT", "8".into()),
+        ];
+        env.extend_from_slice(extra);
+        let env = worker_env(&self.settings, &env);
         let proc = WorkerProc::spawn(
             &env,
             &log_path(&format!("{}-{id}", self.name)),
@@ -105,7 +109,13 @@ impl Fleet {
     /// Every change settled, then the fleet stops; the exact verdict, with
     /// no concurrent import, no re-import and no duplicate event (no
     /// replica crashed).
-    async fn judge(mut self, plan: &[Planned], round: u64) {
+    async fn judge(self, plan: &[Planned], round: u64) {
+        self.judge_after(plan, round, false).await;
+    }
+
+    /// [`Fleet::judge`]; after a lost connection (`crashed`) re-imports
+    /// and duplicate events are allowed, concurrent imports are not.
+    async fn judge_after(mut self, plan: &[Planned], round: u64, crashed: bool) {
         self.collector
             .wait_until(
                 SETTLE,
@@ -118,8 +128,16 @@ impl Fleet {
                 self.stop(slot).await;
             }
         }
+        self.verdict(plan, round, crashed);
+        self.publisher.close().await;
+        self.collector.cleanup().await;
+        self.sim.shutdown().await;
+    }
+
+    /// The counts and the exact verdict; see [`Fleet::judge_after`].
+    fn verdict(&self, plan: &[Planned], round: u64, crashed: bool) {
         let stats = self.sim.stats();
-        let seen = self.collector.seen.lock().unwrap();
+        let seen = self.collector.seen();
         let wrong: Vec<String> = {
             let o = outcomes(&seen);
             let mut model = RosterModel::default();
@@ -156,6 +174,9 @@ impl Fleet {
             wrong.iter().take(5).collect::<Vec<_>>()
         );
         let report = verdict(plan, &seen, &self.sim, false);
+        if crashed {
+            return;
+        }
         assert_eq!(
             report.reimports, 0,
             "{} round {round}: {report:?}",
@@ -166,10 +187,6 @@ impl Fleet {
             "{} round {round}: {report:?}",
             self.name
         );
-        drop(seen);
-        self.publisher.close().await;
-        self.collector.cleanup().await;
-        self.sim.shutdown().await;
     }
 }
 
@@ -224,4 +241,59 @@ async fn scale_down_under_load_hands_partitions_over_exclusively() {
         fleet.stop(0).await;
         fleet.judge(&plan, round).await;
     }
+}
+
+/// 3 replicas; one is paused (SIGSTOP) under load for longer than the
+/// membership expiry, and the broker closes its connection meanwhile (as
+/// its heartbeat timeout would) and hands its partitions on; when it
+/// resumes, it must not post what it took before the pause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_replica_fences_itself() {
+    let mut fleet = Fleet::start("fleet-pause").await;
+    let plan = workload(400, 6_000, 100, 0);
+    fleet.spawn(0);
+    let paused_id = format!("{}-p0", fleet.settings.worker.instance_id);
+    fleet.spawn(1);
+    fleet.spawn(2);
+    fleet.publisher.publish_all(&plan).await;
+    fleet.completed_at_least(plan.len() / 4, &plan).await;
+    let paused = fleet.replicas[0].as_ref().unwrap();
+    signal(paused.pid(), "-STOP");
+    let paused_at = tokio::time::Instant::now();
+    assert_eq!(close_connections_named(&paused_id).await, 1);
+    // Resume once the others took the paused replica's partitions over and
+    // the pause outlasted the membership expiry (3.5 s).
+    let at = completed_count(&fleet.collector.seen());
+    fleet
+        .collector
+        .wait_until(
+            SETTLE,
+            |s| {
+                completed_count(s) >= at + plan.len() / 8
+                    && paused_at.elapsed() > Duration::from_secs(5)
+            },
+            |s| describe_missing(&plan, s, false),
+        )
+        .await;
+    signal(paused.pid(), "-CONT");
+    let log = paused.log.clone();
+    fleet.judge_after(&plan, 0, true).await;
+    let log = std::fs::read_to_string(log).unwrap_or_default();
+    // On resuming, either the fence closed first or lapin saw the closed
+    // connection first; either way what it took before the pause is left.
+    assert!(
+        log.contains("own heartbeat not heard back")
+            || log.contains("connection lost")
+            || log.contains("broker unavailable"),
+        "the paused replica noticed it may no longer own its partitions"
+    );
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("kill runs")
+        .success();
+    assert!(ok, "could not signal the worker");
 }

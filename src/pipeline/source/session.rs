@@ -18,6 +18,7 @@ use tokio_stream::StreamMap;
 
 use super::{
     Source, SourceConfig,
+    fence::OwnBeats,
     intake::{process, take},
     partitions::{HEARTBEAT, Membership},
     per_queue_prefetch, relay,
@@ -54,6 +55,8 @@ struct Session<'a> {
     queues: Vec<String>,
     subscriptions: Subscriptions,
     membership: Membership,
+    /// This replica's heartbeats heard back: whether its view is fresh.
+    own_beats: OwnBeats,
     relay: lapin::Consumer,
     consuming: bool,
     /// Deliveries taken off lapin's hands, not yet validated.
@@ -87,6 +90,9 @@ impl<'a> Session<'a> {
             Membership::join(&setup, &cfg.amqp, &cfg.connection_name, partitioned).await?;
         let relay = relay::subscribe(&setup, &cfg.amqp).await?;
         let consuming = !src.shutdown.has_entered(Phase::StopConsuming);
+        // A new connection owns nothing the old one took: its batches are
+        // not posted (their channels closed), so nothing needs fencing.
+        src.fence.set_open(true);
         src.ready.store(true, Ordering::SeqCst);
         metrics::gauge!(metric::BROKER_CONNECTED).set(1.0);
         tracing::info!(
@@ -102,6 +108,7 @@ impl<'a> Session<'a> {
             queues,
             subscriptions: Subscriptions::default(),
             membership,
+            own_beats: OwnBeats::new(tokio::time::Instant::now()),
             relay,
             consuming,
             taken: VecDeque::new(),
@@ -117,12 +124,15 @@ impl<'a> Session<'a> {
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         loop {
             let step = tokio::select! {
-                delivery = self.subscriptions.streams.next(), if !self.subscriptions.streams.is_empty() => match delivery {
+                delivery = self.subscriptions.streams.next(), if !self.subscriptions.streams.is_empty() && src.fence.is_open() => match delivery {
                     Some(first) => self.take_deliveries(first).await,
                     None => Step::Go,
                 },
                 notice = self.membership.next_notice(), if self.membership.partitioned() => match notice {
                     Some(Ok(d)) => {
+                        if is_own_notice(&d, &src.cfg.connection_name) {
+                            self.own_beats.heard();
+                        }
                         self.membership.heard(&d);
                         Step::Go
                     }
@@ -137,6 +147,7 @@ impl<'a> Session<'a> {
                 },
                 _ = heartbeat.tick(), if self.membership.partitioned() => {
                     self.membership.beat(&self.setup, !self.consuming).await;
+                    self.own_beats.sent(tokio::time::Instant::now());
                     Step::Go
                 }
                 _ = shutdown.entered(Phase::StopConsuming), if self.consuming => {
@@ -229,6 +240,7 @@ impl<'a> Session<'a> {
         self.subscriptions.stop_taking();
         if self.membership.partitioned() {
             self.membership.say_leaving(&self.setup).await;
+            self.own_beats.sent(tokio::time::Instant::now());
         }
         self.src.shutdown.report_consuming_stopped();
         tracing::info!("stopped consuming; draining open batches");
@@ -256,8 +268,45 @@ impl<'a> Session<'a> {
             return Step::End(SessionEnd::Lost);
         }
         self.subscriptions.close_released(&self.queues).await;
+        if self.membership.partitioned() {
+            self.fence_when_stale();
+        }
         Step::Go
     }
+
+    /// Closes the fence while this replica's membership view is stale, so
+    /// it takes nothing and posts no import, and opens it once fresh.
+    fn fence_when_stale(&mut self) {
+        let fresh = self.own_beats.fresh(tokio::time::Instant::now());
+        if self.src.fence.set_open(fresh) {
+            if fresh {
+                tracing::info!(
+                    "own heartbeat heard again: taking deliveries and posting imports again"
+                );
+            } else {
+                tracing::warn!(
+                    "own heartbeat not heard back within the membership expiry (paused or stalled): no deliveries taken and no imports posted until it is"
+                );
+            }
+        }
+    }
+}
+
+/// Whether a membership notice is this replica's own heartbeat: its
+/// `instance`, or else (a notice in another shape) its id as a quoted
+/// string anywhere in the body, so a change of the notice's shape cannot
+/// leave a replica fenced for good.
+fn is_own_notice(notice: &lapin::message::Delivery, me: &str) -> bool {
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&notice.data)
+        && let Some(instance) = v["instance"].as_str()
+    {
+        return instance == me;
+    }
+    let quoted = format!("\"{me}\"");
+    notice
+        .data
+        .windows(quoted.len())
+        .any(|w| w == quoted.as_bytes())
 }
 
 /// The queues this connection consumes, each on its own channel.
