@@ -27,7 +27,7 @@ use crate::{
         import::{ImportContext, Importer},
         jobs::{JobRegistry, PollPolicy},
         settle::Outbound,
-        source::{self, Source, SourceConfig, partitions::ControlKeys},
+        source::{self, Fence, Source, SourceConfig, partitions::ControlKeys},
     },
     shutdown::{Phase, Shutdown},
     telemetry,
@@ -95,6 +95,7 @@ pub async fn start(settings: Settings) -> Result<AppHandle, AppError> {
     let event_source = format!("/cxone-schedule-worker/{instance_id}");
     let shutdown = Shutdown::default();
     let ready = Arc::new(AtomicBool::new(false));
+    let fence = Fence::default();
     // Imports and rejections run here, so the drain can wait for them.
     let tasks = TaskTracker::new();
     let jobs = JobRegistry::default();
@@ -110,6 +111,7 @@ pub async fn start(settings: Settings) -> Result<AppHandle, AppError> {
             outbound: outbound.clone(),
             source: event_source.clone(),
             parse: parse.clone(),
+            fence: fence.clone(),
         },
         tasks.clone(),
         shutdown.clone(),
@@ -146,6 +148,7 @@ pub async fn start(settings: Settings) -> Result<AppHandle, AppError> {
             tasks: tasks.clone(),
             shutdown: shutdown.clone(),
             ready,
+            fence,
         }
         .run(),
     );
@@ -206,6 +209,7 @@ struct ImportParts {
     outbound: Outbound,
     source: String,
     parse: ParseSettings,
+    fence: Fence,
 }
 
 /// Wires batch → import: the scheduler hands batches to the importer, the
@@ -233,6 +237,7 @@ fn start_batching(
             ended: ended_tx,
             parse: parts.parse,
             barriers: barriers.clone(),
+            fence: parts.fence,
         },
         tasks,
     );

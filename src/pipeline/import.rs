@@ -16,6 +16,7 @@ use super::{
     events::{self, ErrorInfo, Timings},
     jobs::{JobEnd, JobRegistry, PollPolicy, follow},
     settle::{Abandoned, Outbound, SentEvent},
+    source::Fence,
 };
 use crate::{
     amqp::{AckBarrier, AckBarriers, InboundMessage},
@@ -36,6 +37,8 @@ pub struct ImportContext {
     pub parse: ParseSettings,
     /// Settled batches' acks per calendar, which the calendar's next import waits for.
     pub barriers: AckBarriers,
+    /// Closed while this replica's membership view is stale: no import is posted then.
+    pub fence: Fence,
 }
 
 /// The import stage: runs each batch the scheduler sends on its own task.
@@ -211,13 +214,17 @@ async fn import(
     if let Some(previous) = previous {
         previous.wait_processed().await;
     }
+    // A replica that may have been counted out by the others (paused,
+    // stalled) posts nothing until it hears itself again, or until its
+    // deliveries' channels close (then the next check leaves them).
+    ctx.fence.wait_open(|| channels_closed(batch)).await;
     // Deliveries whose channel closed come back from the broker, to this
     // worker or another, and are imported then: importing them now as
     // well could put this batch's changes on CXone after an older change
     // of the calendar whose acks died with the same channel (the older one
     // is imported again on its way back, and this batch, were it to come
     // back the same, would be replayed, not applied).
-    if batch.repeats.attached() == 0 && batch.changes.iter().all(|a| !a.msg.acks.is_open()) {
+    if channels_closed(batch) {
         tracing::warn!(
             "the broker channel of this batch's deliveries closed before its import; left for the broker to redeliver"
         );
@@ -225,7 +232,17 @@ async fn import(
         return false;
     }
     let mut progress = Progress::default();
-    let outcome = match submit(ctx, batch, &facts, &mut progress).await {
+    // Retries of the post stop once the deliveries' channels closed: the
+    // broker hands them to the partition's next owner, which imports them.
+    let submitted = tokio::select! {
+        submitted = submit(ctx, batch, &facts, &mut progress) => submitted,
+        _ = wait_channels_closed(batch) => {
+            tracing::warn!("the broker channel of this batch's deliveries closed while it was being posted; left for the broker to redeliver");
+            metrics::counter!(metric::IMPORTS_TOTAL, "outcome" => "abandoned").increment(1);
+            return false;
+        }
+    };
+    let outcome = match submitted {
         Ok(submitted) => follow_job(ctx, submitted, &facts, &mut progress).await,
         Err(failed) => failed,
     };
@@ -235,6 +252,19 @@ async fn import(
             true
         }
         Err(_) => false,
+    }
+}
+
+/// Whether every delivery of the batch came on a channel that closed since
+/// (and no redelivered copy on a live channel rides along).
+fn channels_closed(batch: &Batch) -> bool {
+    batch.repeats.attached() == 0 && batch.changes.iter().all(|a| !a.msg.acks.is_open())
+}
+
+/// Resolves once [`channels_closed`] holds (looked at every 100 ms).
+async fn wait_channels_closed(batch: &Batch) {
+    while !channels_closed(batch) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -14,6 +14,7 @@ mod cxone_client;
 mod demo;
 mod deploy;
 mod faults;
+mod fleet;
 mod fuzz_validation;
 mod logs;
 mod metrics_endpoint;

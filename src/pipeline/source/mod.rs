@@ -5,9 +5,11 @@
 //! - [`intake`]: takes deliveries, validates them, hands valid changes to
 //!   the batcher and rejected ones to settlement.
 //! - [`partitions`]: which partitions this replica consumes.
+//! - [`fence`]: no taking, no importing while the membership view is stale.
 //! - [`relay`]: webhook notices other replicas pass on.
 
 mod fanout;
+mod fence;
 mod intake;
 pub mod partitions;
 mod relay;
@@ -35,6 +37,7 @@ use crate::{
     config::AmqpSettings,
     shutdown::{Phase, Shutdown},
 };
+pub use fence::Fence;
 use session::{SessionEnd, session};
 
 /// What the connection manager needs to know.
@@ -66,6 +69,8 @@ pub struct Source {
     pub shutdown: Shutdown,
     /// Broker connection and channels are up: what `/readyz` reports.
     pub ready: Arc<AtomicBool>,
+    /// Closed while the membership view is stale; imports wait at it.
+    pub fence: Fence,
 }
 
 impl Source {

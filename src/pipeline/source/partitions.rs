@@ -134,6 +134,17 @@ async fn send_heartbeat(ch: &Channel, exchange: &str, signer: &mut Signer, leavi
 
 /// This replica's part in the membership, over one connection: the
 /// heartbeats it hears and sends, and when its partitions change.
+/// What a heartbeat on the members exchange turned out to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Heard {
+    /// This replica's own, verified: its view of the fleet is fresh.
+    Own,
+    /// Another replica's, verified.
+    Other,
+    /// Forged, replayed, stale or malformed.
+    Ignored,
+}
+
 pub(super) struct Membership {
     members: Members,
     signer: Signer,
@@ -191,7 +202,7 @@ impl Membership {
     }
 
     /// A heartbeat arrived: counts only when authentic, fresh and new.
-    pub(super) fn heard(&mut self, notice: &Delivery) {
+    pub(super) fn heard(&mut self, notice: &Delivery) -> Heard {
         let now = Instant::now();
         match self
             .gate
@@ -203,6 +214,11 @@ impl Membership {
                 } else {
                     self.members.heard(&hb.instance, now)
                 };
+                if hb.instance == self.members.me {
+                    Heard::Own
+                } else {
+                    Heard::Other
+                }
             }
             Err(reason) => {
                 metrics::counter!(
@@ -212,6 +228,7 @@ impl Membership {
                 )
                 .increment(1);
                 tracing::debug!(reason = reason.as_str(), "heartbeat ignored");
+                Heard::Ignored
             }
         }
     }

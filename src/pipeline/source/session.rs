@@ -11,15 +11,16 @@ use std::{
 use futures_util::{FutureExt, StreamExt};
 use lapin::{
     Channel, Connection,
-    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
+    options::{BasicConsumeOptions, BasicQosOptions},
     types::{AMQPValue, FieldTable, ShortString},
 };
 use tokio_stream::StreamMap;
 
 use super::{
     Source, SourceConfig,
+    fence::OwnBeats,
     intake::{process, take},
-    partitions::{HEARTBEAT, Membership},
+    partitions::{HEARTBEAT, Heard, Membership},
     per_queue_prefetch, relay,
 };
 use crate::{
@@ -36,7 +37,9 @@ pub(super) enum SessionEnd {
 pub(super) async fn session(src: &Source) -> Result<SessionEnd, AmqpError> {
     let mut session = Session::open(src).await?;
     let end = session.run().await;
-    if matches!(end, Ok(SessionEnd::Lost)) {
+    if !matches!(end, Ok(SessionEnd::Closed)) {
+        // Closed before the subscriptions drop: dropping a live consumer
+        // would cancel it, and a cancel hands its partition on at once.
         close_quietly(&session.conn).await;
     }
     end
@@ -52,6 +55,8 @@ struct Session<'a> {
     queues: Vec<String>,
     subscriptions: Subscriptions,
     membership: Membership,
+    /// This replica's heartbeats heard back: whether its view is fresh.
+    own_beats: OwnBeats,
     relay: lapin::Consumer,
     consuming: bool,
     /// Deliveries taken off lapin's hands, not yet validated.
@@ -91,6 +96,9 @@ impl<'a> Session<'a> {
         .await?;
         let relay = relay::subscribe(&setup, &cfg.amqp).await?;
         let consuming = !src.shutdown.has_entered(Phase::StopConsuming);
+        // A new connection owns nothing the old one took: its batches are
+        // not posted (their channels closed), so nothing needs fencing.
+        src.fence.set_open(true);
         src.ready.store(true, Ordering::SeqCst);
         metrics::gauge!(metric::BROKER_CONNECTED).set(1.0);
         tracing::info!(
@@ -106,6 +114,7 @@ impl<'a> Session<'a> {
             queues,
             subscriptions: Subscriptions::default(),
             membership,
+            own_beats: OwnBeats::new(tokio::time::Instant::now()),
             relay,
             consuming,
             taken: VecDeque::new(),
@@ -121,13 +130,15 @@ impl<'a> Session<'a> {
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         loop {
             let step = tokio::select! {
-                delivery = self.subscriptions.streams.next(), if !self.subscriptions.streams.is_empty() => match delivery {
+                delivery = self.subscriptions.streams.next(), if !self.subscriptions.streams.is_empty() && src.fence.is_open() => match delivery {
                     Some(first) => self.take_deliveries(first).await,
                     None => Step::Go,
                 },
                 notice = self.membership.next_notice(), if self.membership.partitioned() => match notice {
                     Some(Ok(d)) => {
-                        self.membership.heard(&d);
+                        if self.membership.heard(&d) == Heard::Own {
+                            self.own_beats.heard();
+                        }
                         Step::Go
                     }
                     _ => Step::End(SessionEnd::Lost),
@@ -141,6 +152,7 @@ impl<'a> Session<'a> {
                 },
                 _ = heartbeat.tick(), if self.membership.partitioned() => {
                     self.membership.beat(&self.setup, !self.consuming).await;
+                    self.own_beats.sent(tokio::time::Instant::now());
                     Step::Go
                 }
                 _ = shutdown.entered(Phase::StopConsuming), if self.consuming => {
@@ -226,21 +238,24 @@ impl<'a> Session<'a> {
 
     async fn stop_consuming(&mut self) {
         self.consuming = false;
-        self.subscriptions.cancel_all().await;
+        // No basic.cancel: on a single-active-consumer queue the broker
+        // activates the next consumer at a cancel, while this replica still
+        // imports what it took. Deliveries lapin buffered stay unacked
+        // until the channels close, after the drain.
+        self.subscriptions.stop_taking();
         if self.membership.partitioned() {
             self.membership.say_leaving(&self.setup).await;
+            self.own_beats.sent(tokio::time::Instant::now());
         }
-        // Deliveries still buffered stay unacked; the broker requeues
-        // them when the connection closes.
         self.src.shutdown.report_consuming_stopped();
         tracing::info!("stopped consuming; draining open batches");
     }
 
     async fn close(&mut self) -> Step {
-        // Settled deliveries whose acks are still held back go out now.
-        for sub in self.subscriptions.all() {
-            let _ = sub.tracker.flush().await;
-        }
+        // Settled deliveries whose acks are still held back go out now,
+        // then each channel closes: only then does the broker hand its
+        // queue on, starting with what this replica held and did not ack.
+        self.subscriptions.close_all(&self.queues).await;
         self.src.ready.store(false, Ordering::SeqCst);
         self.src.publisher.send_replace(None);
         close_quietly(&self.conn).await;
@@ -258,7 +273,27 @@ impl<'a> Session<'a> {
             return Step::End(SessionEnd::Lost);
         }
         self.subscriptions.close_released(&self.queues).await;
+        if self.membership.partitioned() {
+            self.fence_when_stale();
+        }
         Step::Go
+    }
+
+    /// Closes the fence while this replica's membership view is stale, so
+    /// it takes nothing and posts no import, and opens it once fresh.
+    fn fence_when_stale(&mut self) {
+        let fresh = self.own_beats.fresh(tokio::time::Instant::now());
+        if self.src.fence.set_open(fresh) {
+            if fresh {
+                tracing::info!(
+                    "own heartbeat heard again: taking deliveries and posting imports again"
+                );
+            } else {
+                tracing::warn!(
+                    "own heartbeat not heard back within the membership expiry (paused or stalled): no deliveries taken and no imports posted until it is"
+                );
+            }
+        }
     }
 }
 
@@ -277,27 +312,39 @@ impl Subscriptions {
         self.active.values().chain(self.releasing.values())
     }
 
-    async fn cancel_all(&mut self) {
-        for sub in self.active.values() {
-            let _ = sub
-                .channel
-                .basic_cancel(sub.consumer.tag(), BasicCancelOptions::default())
-                .await;
-        }
+    /// Stops taking deliveries from every queue. The consumers stay
+    /// registered (each [`Subscription`] keeps its own handle, so no drop
+    /// cancels one): what lapin buffered is left unacked for the broker to
+    /// return when the channels close.
+    fn stop_taking(&mut self) {
         self.streams = StreamMap::new();
     }
 
-    /// A released partition's channel closes once all it took is settled.
+    /// Acks what is settled on every channel, then closes each channel.
+    async fn close_all(&mut self, queues: &[String]) {
+        let all: Vec<(usize, Subscription)> =
+            self.active.drain().chain(self.releasing.drain()).collect();
+        self.streams = StreamMap::new();
+        for (i, sub) in all {
+            sub.hand_back("shutting down").await;
+            tracing::debug!(queue = %queues[i], "consumer channel closed");
+        }
+    }
+
+    /// A released partition's channel closes once everything taken from it
+    /// was imported, evented and acked; its settled stragglers are acked now
+    /// rather than after the straggler delay, so the hand-over is not held up.
     async fn close_released(&mut self, queues: &[String]) {
-        let done: Vec<usize> = self
-            .releasing
-            .iter()
-            .filter(|(_, sub)| sub.tracker.outstanding() == 0)
-            .map(|(i, _)| *i)
-            .collect();
+        let mut done = Vec::new();
+        for (i, sub) in &self.releasing {
+            let _ = sub.tracker.flush().await;
+            if sub.tracker.outstanding() == 0 {
+                done.push(*i);
+            }
+        }
         for i in done {
             if let Some(sub) = self.releasing.remove(&i) {
-                let _ = sub.channel.close(200, "partition handed over".into()).await;
+                sub.hand_back("partition handed over").await;
                 tracing::info!(queue = %queues[i], "released partition");
             }
         }
@@ -325,12 +372,10 @@ impl Subscriptions {
                     tracing::info!(%queue, "claimed partition");
                 }
             } else if !want && let Some(sub) = self.active.remove(&i) {
-                // Stop taking deliveries now; close the channel once settled.
+                // Stop taking deliveries now, without a basic.cancel (the
+                // broker would activate the next owner at once); the channel
+                // closes once everything taken is settled and acked.
                 self.streams.remove(&i);
-                let _ = sub
-                    .channel
-                    .basic_cancel(sub.consumer.tag(), BasicCancelOptions::default())
-                    .await;
                 self.releasing.insert(i, sub);
             }
         }
@@ -342,8 +387,34 @@ impl Subscriptions {
 /// One consumed queue (the inbound queue, or one partition) on its own channel.
 struct Subscription {
     channel: Channel,
+    /// Kept until the channel is closed: dropping the last handle of a live
+    /// lapin consumer sends a basic.cancel.
     consumer: lapin::Consumer,
     tracker: Arc<AckTracker>,
+}
+
+/// How long closing a consumer channel may take before it is given up on
+/// (the connection's close then returns its deliveries just the same).
+const CHANNEL_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Subscription {
+    /// Gives the queue back to the broker: the settled deliveries are acked,
+    /// then the channel closes (never a basic.cancel). A channel closes
+    /// only after the broker handled every frame sent on it before, acks
+    /// included; the broker then returns the unacked deliveries to the
+    /// queue's head in delivery order, and only after that activates the
+    /// next waiting consumer, which starts with them.
+    async fn hand_back(self, reason: &str) {
+        let _ = self.tracker.flush().await;
+        if self.channel.status().connected() {
+            let _ = tokio::time::timeout(
+                CHANNEL_CLOSE_TIMEOUT,
+                self.channel.close(200, reason.into()),
+            )
+            .await;
+        }
+        drop(self.consumer);
+    }
 }
 
 async fn subscribe(
