@@ -128,10 +128,17 @@ impl Fleet {
                 self.stop(slot).await;
             }
         }
-        self.verdict(plan, round, crashed);
+        // The topology goes whatever the verdict, so a failing round leaves
+        // nothing on the broker.
+        let verdict = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.verdict(plan, round, crashed)
+        }));
         self.publisher.close().await;
         self.collector.cleanup().await;
         self.sim.shutdown().await;
+        if let Err(failure) = verdict {
+            std::panic::resume_unwind(failure);
+        }
     }
 
     /// The counts and the exact verdict; see [`Fleet::judge_after`].
